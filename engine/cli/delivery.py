@@ -1,0 +1,3 @@
+"""Commands for delivery (registered on the `campaign` group)."""
+
+from engine.cli.main import cli  # noqa: F401

@@ -1,0 +1,71 @@
+"""The ``campaign`` group, shared options and the one place errors become exit codes."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+import sqlalchemy as sa
+
+from engine.errors import CampaignError
+from engine.project import Project, open_project
+
+
+class CampaignGroup(click.Group):
+    """Turns user mistakes (``CampaignError``) into one sentence on stderr and exit 1."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except CampaignError as exc:
+            raise click.ClickException(str(exc)) from None
+        except sa.exc.OperationalError as exc:
+            orig = str(getattr(exc, "orig", exc)).strip().splitlines()
+            raise click.ClickException(
+                f"the database cannot be used: {orig[0] if orig else exc.__class__.__name__}"
+            ) from None
+
+
+def project_option(func):
+    """``--project DIR`` on every command (default: the current directory)."""
+    return click.option(
+        "--project",
+        "project_dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=".",
+        envvar="CAMPAIGN_PROJECT",
+        show_default=True,
+        help="The campaign project folder (segments/, campaigns/, templates/, campaign.toml).",
+    )(func)
+
+
+def format_option(*choices: str, default: str = "table"):
+    return click.option(
+        "--format",
+        "output_format",
+        type=click.Choice(choices),
+        default=default,
+        show_default=True,
+        help="Output: a table for people, json or csv for scripts.",
+    )
+
+
+def load_project(project_dir: Path) -> Project:
+    if not project_dir.is_dir():
+        raise CampaignError(f"{project_dir}: no such project folder")
+    return open_project(project_dir)
+
+
+def is_terminal() -> bool:
+    return sys.stdout.isatty()
+
+
+@click.group(cls=CampaignGroup)
+@click.version_option(package_name="campaign")
+def cli() -> None:
+    """campaign: segments, templates, drips and broadcasts for merchant email."""
+
+
+def main() -> None:
+    cli(prog_name="campaign")

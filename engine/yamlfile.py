@@ -1,0 +1,88 @@
+"""YAML project files read with their positions, so every mistake can name its line."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+Path_ = tuple[str | int, ...]
+
+
+@dataclass
+class YamlDocument:
+    """Plain Python data plus the line (1-based) where each value starts."""
+
+    path: Path
+    data: Any
+    lines: dict[Path_, int] = field(default_factory=dict)
+    key_lines: dict[Path_, int] = field(default_factory=dict)
+
+    def line(self, loc: Sequence[str | int] = ()) -> int:
+        """The line of the value at ``loc``, or of its nearest ancestor that is known."""
+        loc = tuple(loc)
+        while loc:
+            if loc in self.lines:
+                return self.lines[loc]
+            loc = loc[:-1]
+        return self.lines.get((), 1)
+
+    def key_line(self, loc: Sequence[str | int]) -> int:
+        """The line of the mapping key at ``loc`` (falls back to ``line``)."""
+        return self.key_lines.get(tuple(loc)) or self.line(loc)
+
+
+class YamlSyntaxError(ValueError):
+    def __init__(self, line: int | None, message: str) -> None:
+        self.line = line
+        super().__init__(message)
+
+
+def _build(node: yaml.Node, loc: Path_, doc: YamlDocument) -> Any:
+    doc.lines[loc] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        result: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            key = _build(key_node, (*loc, "<key>"), doc)
+            doc.lines.pop((*loc, "<key>"), None)
+            if not isinstance(key, str | int | float | bool) or key is None:
+                raise YamlSyntaxError(key_node.start_mark.line + 1, "mapping keys must be plain names")
+            if key in result:
+                raise YamlSyntaxError(key_node.start_mark.line + 1, f"duplicate key {key!r}")
+            doc.key_lines[(*loc, key)] = key_node.start_mark.line + 1
+            result[key] = _build(value_node, (*loc, key), doc)
+        return result
+    if isinstance(node, yaml.SequenceNode):
+        return [_build(item, (*loc, i), doc) for i, item in enumerate(node.value)]
+    return yaml.SafeLoader(" ").construct_object(node, deep=True)
+
+
+def parse_yaml(text: str, path: Path | str = "<string>") -> YamlDocument:
+    """Parse one YAML document with positions. Raises ``YamlSyntaxError`` (with a line)."""
+    doc = YamlDocument(Path(path), None)
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else None
+        raise YamlSyntaxError(line, f"not valid YAML: {exc.problem or exc}") from None
+    except yaml.YAMLError as exc:
+        raise YamlSyntaxError(None, f"not valid YAML: {exc}") from None
+    if node is None:
+        doc.data = None
+        return doc
+    try:
+        doc.data = _build(node, (), doc)
+    except yaml.constructor.ConstructorError as exc:
+        mark = exc.problem_mark
+        raise YamlSyntaxError(mark.line + 1 if mark else None, f"not valid YAML: {exc.problem}") from None
+    return doc
+
+
+def load_yaml(path: Path | str) -> YamlDocument:
+    """Read and parse a YAML file with positions."""
+    path = Path(path)
+    return parse_yaml(path.read_text(encoding="utf-8"), path)
