@@ -18,6 +18,9 @@ import sqlalchemy as sa
 
 from engine.project import Project, open_project
 
+# SMTP fixtures: smtp_server, starttls_smtp_server, tls_smtp_server, tls_cert, smtp_server_factory
+pytest_plugins = ["smtp_server"]
+
 REPO = Path(__file__).resolve().parent.parent
 PG_URL = os.environ.get("CAMPAIGN_TEST_PG_URL")
 

@@ -52,9 +52,14 @@ def format_option(*choices: str, default: str = "table"):
 
 
 def load_project(project_dir: Path) -> Project:
+    """Open the project of ``--project``; its database connections close with the command."""
     if not project_dir.is_dir():
         raise CampaignError(f"{project_dir}: no such project folder")
-    return open_project(project_dir)
+    project = open_project(project_dir)
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:
+        ctx.call_on_close(project.close)
+    return project
 
 
 def is_terminal() -> bool:
