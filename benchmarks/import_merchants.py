@@ -25,8 +25,20 @@ import time
 from pathlib import Path
 
 CITIES = [("Jakarta", "Asia/Jakarta"), ("Denpasar", "Asia/Makassar"), ("Jayapura", "Asia/Jayapura")]
-HEADER = ["external_id", "email", "name", "store_name", "plan", "category", "city", "locale",
-          "timezone", "created_at", "last_login_at", "attributes"]
+HEADER = [
+    "external_id",
+    "email",
+    "name",
+    "store_name",
+    "plan",
+    "category",
+    "city",
+    "locale",
+    "timezone",
+    "created_at",
+    "last_login_at",
+    "attributes",
+]
 
 
 def write_csv(path: Path, count: int) -> None:
@@ -36,14 +48,22 @@ def write_csv(path: Path, count: int) -> None:
         writer.writerow(HEADER)
         for i in range(count):
             city, zone = CITIES[i % 3]
-            writer.writerow([
-                f"m{i:07d}", f"owner{i}@toko{i}.id", f"Pemilik {i}", f"Toko {i}",
-                rng.choice(["free", "basic", "pro"]), rng.choice(["fashion", "food", "beauty"]),
-                city, "id" if i % 7 else "en", zone,
-                f"2025-{1 + i % 12:02d}-{1 + i % 28:02d}T10:00:00+07:00",
-                f"2026-11-{1 + i % 28:02d}T08:00:00Z",
-                json.dumps({"tier": rng.choice(["gold", "silver"]), "products": i % 50}),
-            ])
+            writer.writerow(
+                [
+                    f"m{i:07d}",
+                    f"owner{i}@toko{i}.id",
+                    f"Pemilik {i}",
+                    f"Toko {i}",
+                    rng.choice(["free", "basic", "pro"]),
+                    rng.choice(["fashion", "food", "beauty"]),
+                    city,
+                    "id" if i % 7 else "en",
+                    zone,
+                    f"2025-{1 + i % 12:02d}-{1 + i % 28:02d}T10:00:00+07:00",
+                    f"2026-11-{1 + i % 28:02d}T08:00:00Z",
+                    json.dumps({"tier": rng.choice(["gold", "silver"]), "products": i % 50}),
+                ]
+            )
 
 
 def plain_executemany(csv_path: Path, db_path: Path) -> float:
@@ -66,10 +86,14 @@ def plain_executemany(csv_path: Path, db_path: Path) -> float:
             for row in reader:
                 batch.append(row)
                 if len(batch) == 5000:
-                    conn.executemany(f"INSERT INTO merchants ({','.join(HEADER)}) VALUES ({placeholders})", batch)
+                    conn.executemany(
+                        f"INSERT INTO merchants ({','.join(HEADER)}) VALUES ({placeholders})", batch
+                    )
                     batch = []
             if batch:
-                conn.executemany(f"INSERT INTO merchants ({','.join(HEADER)}) VALUES ({placeholders})", batch)
+                conn.executemany(
+                    f"INSERT INTO merchants ({','.join(HEADER)}) VALUES ({placeholders})", batch
+                )
     elapsed = time.perf_counter() - start
     conn.close()
     return elapsed
@@ -79,12 +103,19 @@ def campaign_import(csv_path: Path, project: Path) -> tuple[float, float]:
     """Run the real command; returns (seconds, peak MiB of the child)."""
     env = {**os.environ, "CAMPAIGN_DATABASE_URL": f"sqlite:///{project / 'campaign.db'}"}
     exe = Path(sys.executable).with_name("campaign")
-    subprocess.run([str(exe), "db", "upgrade", "--project", str(project)], env=env, check=True, capture_output=True)
+    subprocess.run(
+        [str(exe), "db", "upgrade", "--project", str(project)],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     start = time.perf_counter()
     done = subprocess.run(
         [str(exe), "import", "merchants", str(csv_path), "--project", str(project)],
-        env=env, capture_output=True, text=True,
+        env=env,
+        capture_output=True,
+        text=True,
     )
     elapsed = time.perf_counter() - start
     if done.returncode != 0:
@@ -97,7 +128,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="100000,1000000")
     args = parser.parse_args()
-    print(f"{'rows':>9}  {'campaign import':>16}  {'plain executemany':>18}  {'ratio':>6}  {'peak MiB':>8}")
+    print(
+        f"{'rows':>9}  {'campaign import':>16}  {'plain executemany':>18}  {'ratio':>6}  {'peak MiB':>8}"
+    )
     for size in (int(s) for s in args.sizes.split(",")):
         with tempfile.TemporaryDirectory() as tmp:
             tmp_path = Path(tmp)

@@ -252,7 +252,9 @@ def parse_smtp_url(url: str, source: str = "CAMPAIGN_SMTP_URL") -> SmtpSettings:
     allowed = {"starttls", "timeout", "cafile"}
     for key in query:
         if key not in allowed:
-            raise SettingsError(f"{source}: unknown option {key!r} (valid: {', '.join(sorted(allowed))})")
+            raise SettingsError(
+                f"{source}: unknown option {key!r} (valid: {', '.join(sorted(allowed))})"
+            )
 
     def flag(name: str) -> bool:
         raw = query.get(name, ["false"])[-1].lower()

@@ -37,8 +37,16 @@ LAST_NAMES = (
     "Sitompul Pangaribuan Manurung Tambunan Hutapea Rumbewas Wenda Latuconsina Pattimura"
 ).split()
 STORE_PATTERNS = (
-    "Toko {w}", "{w} Store", "Warung {w}", "{w} Collection", "Rumah {w}", "{w} Official",
-    "Galeri {w}", "{w} Mart", "Kedai {w}", "{w} Shop",
+    "Toko {w}",
+    "{w} Store",
+    "Warung {w}",
+    "{w} Collection",
+    "Rumah {w}",
+    "{w} Official",
+    "Galeri {w}",
+    "{w} Mart",
+    "Kedai {w}",
+    "{w} Shop",
 )
 STORE_WORDS = {
     "fashion": "Batik Kebaya Hijab Sarung Kaos Denim Tenun Songket Sepatu Tas".split(),
@@ -50,22 +58,59 @@ STORE_WORDS = {
     "sports": "Sepeda Badminton Futsal Outdoor Gunung Renang Yoga Lari".split(),
     "kids": "Mainan Bayi Anak Ceria Pintar Boneka Edukasi Balita".split(),
 }
-CATEGORY_WEIGHTS = {"fashion": 24, "food": 22, "electronics": 12, "beauty": 14, "home": 10, "crafts": 8, "sports": 5, "kids": 5}
+CATEGORY_WEIGHTS = {
+    "fashion": 24,
+    "food": 22,
+    "electronics": 12,
+    "beauty": 14,
+    "home": 10,
+    "crafts": 8,
+    "sports": 5,
+    "kids": 5,
+}
 # Typical order value per category, in Rupiah (median of a log-normal).
-CATEGORY_ORDER_VALUE = {"fashion": 185_000, "food": 75_000, "electronics": 420_000, "beauty": 120_000, "home": 210_000, "crafts": 260_000, "sports": 330_000, "kids": 140_000}
+CATEGORY_ORDER_VALUE = {
+    "fashion": 185_000,
+    "food": 75_000,
+    "electronics": 420_000,
+    "beauty": 120_000,
+    "home": 210_000,
+    "crafts": 260_000,
+    "sports": 330_000,
+    "kids": 140_000,
+}
 CITIES = (
     # (city, IANA zone, weight): WIB, WITA and WIT
-    ("Jakarta", "Asia/Jakarta", 22), ("Bandung", "Asia/Jakarta", 10), ("Surabaya", "Asia/Jakarta", 10),
-    ("Medan", "Asia/Jakarta", 7), ("Semarang", "Asia/Jakarta", 5), ("Yogyakarta", "Asia/Jakarta", 6),
-    ("Palembang", "Asia/Jakarta", 3), ("Malang", "Asia/Jakarta", 4), ("Pontianak", "Asia/Pontianak", 2),
-    ("Denpasar", "Asia/Makassar", 7), ("Makassar", "Asia/Makassar", 5), ("Balikpapan", "Asia/Makassar", 3),
-    ("Mataram", "Asia/Makassar", 2), ("Manado", "Asia/Makassar", 2),
-    ("Jayapura", "Asia/Jayapura", 2), ("Ambon", "Asia/Jayapura", 1), ("Sorong", "Asia/Jayapura", 1),
+    ("Jakarta", "Asia/Jakarta", 22),
+    ("Bandung", "Asia/Jakarta", 10),
+    ("Surabaya", "Asia/Jakarta", 10),
+    ("Medan", "Asia/Jakarta", 7),
+    ("Semarang", "Asia/Jakarta", 5),
+    ("Yogyakarta", "Asia/Jakarta", 6),
+    ("Palembang", "Asia/Jakarta", 3),
+    ("Malang", "Asia/Jakarta", 4),
+    ("Pontianak", "Asia/Pontianak", 2),
+    ("Denpasar", "Asia/Makassar", 7),
+    ("Makassar", "Asia/Makassar", 5),
+    ("Balikpapan", "Asia/Makassar", 3),
+    ("Mataram", "Asia/Makassar", 2),
+    ("Manado", "Asia/Makassar", 2),
+    ("Jayapura", "Asia/Jayapura", 2),
+    ("Ambon", "Asia/Jayapura", 1),
+    ("Sorong", "Asia/Jayapura", 1),
 )
 PLANS = {"free": 30, "basic": 40, "pro": 25, "business": 5}
 EMAIL_DOMAINS = ("gmail.com", "yahoo.co.id", "outlook.co.id", "gmail.com", "gmail.com")
 # Shapes of merchant history that User Success cares about, with their share.
-SHAPES = {"steady": 28, "growing": 12, "declining": 15, "dormant": 15, "new": 8, "never_sold": 20, "test": 2}
+SHAPES = {
+    "steady": 28,
+    "growing": 12,
+    "declining": 15,
+    "dormant": 15,
+    "new": 8,
+    "never_sold": 20,
+    "test": 2,
+}
 
 
 @dataclass
@@ -100,7 +145,9 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "", text.lower())
 
 
-def generate_merchants(count: int, *, seed: int = 1212, now: datetime | None = None) -> Iterator[DemoMerchant]:
+def generate_merchants(
+    count: int, *, seed: int = 1212, now: datetime | None = None
+) -> Iterator[DemoMerchant]:
     """Demo merchants with their history shape; deterministic for (count, seed, now)."""
     now = now or demo_clock()
     rng = random.Random(seed)
@@ -110,7 +157,9 @@ def generate_merchants(count: int, *, seed: int = 1212, now: datetime | None = N
         category = _weighted(rng, CATEGORY_WEIGHTS)
         first, last = rng.choice(FIRST_NAMES), rng.choice(LAST_NAMES)
         word = rng.choice(STORE_WORDS[category])
-        store = rng.choice(STORE_PATTERNS).format(w=f"{word} {first}" if rng.random() < 0.4 else word)
+        store = rng.choice(STORE_PATTERNS).format(
+            w=f"{word} {first}" if rng.random() < 0.4 else word
+        )
         city, zone, _ = rng.choices(CITIES, weights=city_weights)[0]
         slug = _slug(store)
         if shape == "test":
@@ -195,13 +244,19 @@ def generate_history(
         if end <= created:
             break
         start = max(start, created)
-        expected = _monthly_rate(shape, months_ago, base, turn, factor) * (end - start) / timedelta(days=30)
+        expected = (
+            _monthly_rate(shape, months_ago, base, turn, factor)
+            * (end - start)
+            / timedelta(days=30)
+        )
         count = max(0, round(rng.gauss(expected, math.sqrt(expected)))) if expected > 0 else 0
         for _ in range(count):
             placed = start + (end - start) * rng.random()
             amount = int(round(rng.lognormvariate(math.log(typical), 0.6), -3)) or 1000
             status = rng.choices(["paid", "cancelled", "refunded"], weights=[88, 8, 4])[0]
-            found.append({"placed_at": placed.replace(microsecond=0), "amount": amount, "status": status})
+            found.append(
+                {"placed_at": placed.replace(microsecond=0), "amount": amount, "status": status}
+            )
     found.sort(key=lambda o: o["placed_at"])
     order_rows = [
         {"merchant_id": row["id"], "order_ref": f"INV/{row['id']:06d}/{i:05d}", **o}
@@ -210,10 +265,23 @@ def generate_history(
 
     # Logins: frequent for sellers, stopping for dormant ones, sparse or none otherwise.
     last_seen = {
-        "steady": 2, "growing": 1, "declining": 10, "dormant": rng.uniform(20, 120),
-        "new": rng.uniform(0, 6), "never_sold": rng.uniform(20, 400), "test": 3,
+        "steady": 2,
+        "growing": 1,
+        "declining": 10,
+        "dormant": rng.uniform(20, 120),
+        "new": rng.uniform(0, 6),
+        "never_sold": rng.uniform(20, 400),
+        "test": 3,
     }[shape]
-    login_every = {"steady": 3, "growing": 2, "declining": 9, "dormant": 6, "new": 2, "never_sold": 30, "test": 7}[shape]
+    login_every = {
+        "steady": 3,
+        "growing": 2,
+        "declining": 9,
+        "dormant": 6,
+        "new": 2,
+        "never_sold": 30,
+        "test": 7,
+    }[shape]
     events: list[dict[str, Any]] = []
     never_logged_in = shape in ("never_sold", "new") and rng.random() < 0.35
     last_login = None
@@ -260,7 +328,9 @@ def _reset(engine: Engine) -> None:
             conn.execute(table.delete())
 
 
-def load_demo(engine: Engine, *, merchants_count: int = 1000, seed: int = 1212, now: datetime | None = None) -> DemoSummary:
+def load_demo(
+    engine: Engine, *, merchants_count: int = 1000, seed: int = 1212, now: datetime | None = None
+) -> DemoSummary:
     """Replace the demo data in ``engine`` (refusing if real merchants are present)."""
     now = now or demo_clock()
     _reset(engine)
@@ -306,7 +376,9 @@ def load_demo(engine: Engine, *, merchants_count: int = 1000, seed: int = 1212, 
     return summary
 
 
-def run_demo(project, *, merchants: int = 1000, seed: int = 1212, now: datetime | None = None) -> DemoSummary:
+def run_demo(
+    project, *, merchants: int = 1000, seed: int = 1212, now: datetime | None = None
+) -> DemoSummary:
     """Create the schema, load the demo data, then show what each example would do."""
     engine = project.database()
     now = now or demo_clock()
@@ -321,7 +393,9 @@ def _show_examples(project, summary: DemoSummary, now: datetime) -> None:
 
     settings = project.settings
     if not settings.segments_dir.is_dir():
-        summary.notes.append(f"No segments/ folder in {settings.project_dir}: nothing more to show.")
+        summary.notes.append(
+            f"No segments/ folder in {settings.project_dir}: nothing more to show."
+        )
         return
     segments = load_segments(settings.segments_dir)
     rows = [

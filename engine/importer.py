@@ -247,7 +247,12 @@ SCHEMAS = {
 }
 
 # Values a merchant gets when the file does not say (only on insert, never on update).
-MERCHANT_DEFAULTS = {"locale": "id", "timezone": "Asia/Jakarta", "status": "active", "attributes": {}}
+MERCHANT_DEFAULTS = {
+    "locale": "id",
+    "timezone": "Asia/Jakarta",
+    "status": "active",
+    "attributes": {},
+}
 
 
 def validate_row(kind: Kind, raw: dict[str, Any]) -> dict[str, Any]:
@@ -332,8 +337,9 @@ def _read_jsonl(handle, kind: Kind, path: Path) -> Iterator[tuple[int, dict[str,
             continue
         unknown = [k for k in value if k not in kind.names]
         if unknown:
-            yield number, RowError(
-                f"unknown column {unknown[0]!r} (valid columns: {', '.join(kind.names)})"
+            yield (
+                number,
+                RowError(f"unknown column {unknown[0]!r} (valid columns: {', '.join(kind.names)})"),
             )
             continue
         yield number, value
@@ -350,10 +356,14 @@ class UpsertWriter:
     we skip its per-row parameter machinery, which cost more than the insert.
     """
 
-    def __init__(self, engine: Engine, table: sa.Table, keys: tuple[str, ...], update: bool) -> None:
+    def __init__(
+        self, engine: Engine, table: sa.Table, keys: tuple[str, ...], update: bool
+    ) -> None:
         self.dialect = engine.dialect
         self.table, self.keys, self.update = table, keys, update
-        self._compiled: dict[tuple[frozenset[str], frozenset[str]], tuple[str, tuple[str, ...], list]] = {}
+        self._compiled: dict[
+            tuple[frozenset[str], frozenset[str]], tuple[str, tuple[str, ...], list]
+        ] = {}
 
     def _compile(self, columns: frozenset[str], updated: frozenset[str]):
         if self.dialect.name == "postgresql":
@@ -376,7 +386,11 @@ class UpsertWriter:
 
     def _processor(self, column_type):
         process = column_type.dialect_impl(self.dialect).bind_processor(self.dialect)
-        if process is not None and self.dialect.name == "sqlite" and isinstance(column_type, sa.JSON):
+        if (
+            process is not None
+            and self.dialect.name == "sqlite"
+            and isinstance(column_type, sa.JSON)
+        ):
             # SQLite stores JSON as text: keep the file's own (already validated) text.
             def keep_text(value, process=process):
                 return value.text if value.__class__ is JsonObject else process(value)
@@ -402,11 +416,17 @@ class UpsertWriter:
                 for i, process in convert:
                     if values[i] is not None:
                         values[i] = process(values[i])
-                params.append(tuple(values) if self.dialect.positional else dict(zip(order, values, strict=True)))
+                params.append(
+                    tuple(values)
+                    if self.dialect.positional
+                    else dict(zip(order, values, strict=True))
+                )
             conn.exec_driver_sql(sql, params)
 
 
-def _write_batch(conn, kind: Kind, batch: list[tuple[int, dict[str, Any]]], writer: UpsertWriter, report):
+def _write_batch(
+    conn, kind: Kind, batch: list[tuple[int, dict[str, Any]]], writer: UpsertWriter, report
+):
     """Write one batch in the caller's transaction; returns rows written."""
     if kind.needs_merchant:
         refs = {row["merchant_external_id"] for _, row in batch}
@@ -445,6 +465,52 @@ def _write_batch(conn, kind: Kind, batch: list[tuple[int, dict[str, Any]]], writ
     return len(rows)
 
 
+@dataclass
+class ValidatedBatch:
+    """Rows that passed validation, the rows that did not, and how far into the file we are."""
+
+    rows: list[tuple[int, dict[str, Any]]]
+    rejected: list[tuple[int, str]]
+    read: int
+    position: int
+
+
+def _reader_for(path: Path):
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        return _read_csv
+    if suffix in (".jsonl", ".ndjson"):
+        return _read_jsonl
+    raise DataImportError(f"{path}: unknown file type {suffix!r} (use .csv or .jsonl)")
+
+
+def validated_batches(path: Path, kind: str, batch_size: int) -> Iterator[ValidatedBatch]:
+    """Read and validate ``path`` in batches (flat memory, whatever the file size)."""
+    spec = SCHEMAS[kind]
+    read = _reader_for(path)
+    with path.open("r", encoding="utf-8", newline="") as handle:
+        rows: list[tuple[int, dict[str, Any]]] = []
+        rejected: list[tuple[int, str]] = []
+        count = 0
+        try:
+            for line, raw in read(handle, spec, path):
+                count += 1
+                if isinstance(raw, RowError):
+                    rejected.append((line, str(raw)))
+                    continue
+                try:
+                    rows.append((line, validate_row(spec, raw)))
+                except RowError as exc:
+                    rejected.append((line, str(exc)))
+                    continue
+                if len(rows) >= batch_size:
+                    yield ValidatedBatch(rows, rejected, count, handle.buffer.tell())
+                    rows, rejected, count = [], [], 0
+        except UnicodeDecodeError:
+            raise DataImportError(f"{path}: not UTF-8 text") from None
+        yield ValidatedBatch(rows, rejected, count, handle.buffer.tell())
+
+
 def import_file(
     engine: Engine,
     kind: str,
@@ -458,52 +524,29 @@ def import_file(
         raise DataImportError(f"cannot import {kind!r} (choose one of: {', '.join(KINDS)})")
     spec = SCHEMAS[kind]
     path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix == ".csv":
-        read = _read_csv
-    elif suffix in (".jsonl", ".ndjson"):
-        read = _read_jsonl
-    else:
-        raise DataImportError(f"{path}: unknown file type {suffix!r} (use .csv or .jsonl)")
+    _reader_for(path)
     if not path.is_file():
         raise DataImportError(f"{path}: no such file")
+    total = path.stat().st_size
 
     if kind == "merchants":
         writer = UpsertWriter(engine, merchants, ("external_id",), update=True)
     elif kind == "orders":
         writer = UpsertWriter(engine, orders, ("merchant_id", "order_ref"), update=True)
     else:
-        writer = UpsertWriter(engine, activities, ("merchant_id", "kind", "occurred_at"), update=False)
+        writer = UpsertWriter(
+            engine, activities, ("merchant_id", "kind", "occurred_at"), update=False
+        )
 
     report = ImportReport(kind, path)
-    total = path.stat().st_size
-    with path.open("r", encoding="utf-8", newline="") as handle:
-        batch: list[tuple[int, dict[str, Any]]] = []
-
-        def flush() -> None:
+    for batch in validated_batches(path, kind, batch_size):
+        report.read += batch.read
+        for line, reason in batch.rejected:
+            report.reject(line, reason)
+        if batch.rows:
             with engine.begin() as conn:
-                report.imported += _write_batch(conn, spec, batch, writer, report)
-            batch.clear()
-            if on_progress:
-                on_progress(handle.buffer.tell(), total)
-
-        try:
-            for line, raw in read(handle, spec, path):
-                report.read += 1
-                if isinstance(raw, RowError):
-                    report.reject(line, str(raw))
-                    continue
-                try:
-                    batch.append((line, validate_row(spec, raw)))
-                except RowError as exc:
-                    report.reject(line, str(exc))
-                    continue
-                if len(batch) >= batch_size:
-                    flush()
-        except UnicodeDecodeError:
-            raise DataImportError(f"{path}: not UTF-8 text") from None
-        if batch:
-            flush()
+                report.imported += _write_batch(conn, spec, batch.rows, writer, report)
         if on_progress:
-            on_progress(total, total)
+            on_progress(batch.position, total)
+    report.rejected.sort(key=lambda r: r.line)
     return report

@@ -58,11 +58,23 @@ def test_toml_and_environment(tmp_path):
     ("toml", "message"),
     [
         ('[delivery]\nrate = "fast"\n', r"campaign.toml:2: delivery.rate: 'fast' is not a rate"),
-        ('[delivery]\nspeed = 3\n', r"campaign.toml:2: delivery.speed: unknown key \(valid keys: connections"),
-        ('[project]\ntimezone = "Mars/Base"\n', r"campaign.toml:2: project.timezone: 'Mars/Base' is not an IANA"),
-        ('[delivery]\nconnections = 0\n', r"delivery.connections: 0 is not a whole number above zero"),
+        (
+            "[delivery]\nspeed = 3\n",
+            r"campaign.toml:2: delivery.speed: unknown key \(valid keys: connections",
+        ),
+        (
+            '[project]\ntimezone = "Mars/Base"\n',
+            r"campaign.toml:2: project.timezone: 'Mars/Base' is not an IANA",
+        ),
+        (
+            "[delivery]\nconnections = 0\n",
+            r"delivery.connections: 0 is not a whole number above zero",
+        ),
         ("[deliveries]\n", r"campaign.toml:1: \[deliveries\]: unknown section"),
-        ('[unsubscribe]\nbase_url = "crm"\n', r"unsubscribe.base_url: 'crm' is not an http\(s\) URL"),
+        (
+            '[unsubscribe]\nbase_url = "crm"\n',
+            r"unsubscribe.base_url: 'crm' is not an http\(s\) URL",
+        ),
         ("[project\n", r"campaign.toml: not valid TOML"),
     ],
 )
@@ -95,7 +107,9 @@ def test_smtp_url_error_never_prints_the_password():
 
 def test_cli_reports_bad_settings_in_one_sentence(tmp_path):
     (tmp_path / "campaign.toml").write_text('[delivery]\nrate = "fast"\n')
-    result = CliRunner().invoke(cli, ["db", "upgrade", "--project", str(tmp_path)], env={"CAMPAIGN_DATABASE_URL": ""})
+    result = CliRunner().invoke(
+        cli, ["db", "upgrade", "--project", str(tmp_path)], env={"CAMPAIGN_DATABASE_URL": ""}
+    )
     assert result.exit_code == 1
     assert "delivery.rate: 'fast' is not a rate" in result.stderr
     assert "Traceback" not in result.output

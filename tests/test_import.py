@@ -132,7 +132,9 @@ def test_jsonl_rows_missing_required_columns_and_bad_json(engine, tmp_path):
 
 def test_partial_columns_update_only_what_the_file_has(engine, tmp_path):
     import_file(engine, "merchants", write(tmp_path, "m.csv", MERCHANTS_CSV))
-    report = import_file(engine, "merchants", write(tmp_path, "e.csv", "external_id,email\nm1,new@example.id\n"))
+    report = import_file(
+        engine, "merchants", write(tmp_path, "e.csv", "external_id,email\nm1,new@example.id\n")
+    )
     assert report.ok
     budi = rows(engine, merchants)[0]
     assert budi["email"] == "new@example.id"
@@ -162,7 +164,9 @@ def test_bad_header_is_a_file_error(engine, tmp_path):
 
 def test_batches_do_not_change_the_result(engine, tmp_path):
     body = "".join(f"b{i},b{i}@example.id\n" if i % 7 else f"b{i},broken\n" for i in range(1, 101))
-    report = import_file(engine, "merchants", write(tmp_path, "m.csv", "external_id,email\n" + body), batch_size=9)
+    report = import_file(
+        engine, "merchants", write(tmp_path, "m.csv", "external_id,email\n" + body), batch_size=9
+    )
     assert report.imported == 86 and report.rejected_count == 14
     assert [r.line for r in report.rejected][:3] == [8, 15, 22]
     assert len(rows(engine, merchants)) == 86
@@ -172,15 +176,21 @@ def test_cli_import_exit_codes_and_messages(project, tmp_path):
     runner = CliRunner()
     env = {"CAMPAIGN_DATABASE_URL": project.settings.database_url}
     good = write(tmp_path, "good.csv", "external_id,email\ng1,g1@example.id\n")
-    result = runner.invoke(cli, ["import", "merchants", str(good), "--project", str(project.root)], env=env)
+    result = runner.invoke(
+        cli, ["import", "merchants", str(good), "--project", str(project.root)], env=env
+    )
     assert result.exit_code == 0, result.output
     assert "imported 1" in result.output
     bad = write(tmp_path, "bad.csv", "external_id,email\ng2,nope\n")
-    result = runner.invoke(cli, ["import", "merchants", str(bad), "--project", str(project.root)], env=env)
+    result = runner.invoke(
+        cli, ["import", "merchants", str(bad), "--project", str(project.root)], env=env
+    )
     assert result.exit_code == 1
     assert f"{bad}:2: email:" in result.stderr
     header = write(tmp_path, "header.csv", "external_id,mail\n")
-    result = runner.invoke(cli, ["import", "merchants", str(header), "--project", str(project.root)], env=env)
+    result = runner.invoke(
+        cli, ["import", "merchants", str(header), "--project", str(project.root)], env=env
+    )
     assert result.exit_code == 1
     assert "unknown column 'mail'" in result.stderr
     assert "Traceback" not in result.output + result.stderr

@@ -58,8 +58,17 @@ def import_command(kind: str, file: Path, project_dir: Path) -> None:
 
 
 @cli.command()
-@click.option("--merchants", "count", type=click.IntRange(1, 1_000_000), default=1000, show_default=True, help="How many demo merchants.")
-@click.option("--seed", type=int, default=1212, show_default=True, help="Random seed (same seed, same data).")
+@click.option(
+    "--merchants",
+    "count",
+    type=click.IntRange(1, 1_000_000),
+    default=1000,
+    show_default=True,
+    help="How many demo merchants.",
+)
+@click.option(
+    "--seed", type=int, default=1212, show_default=True, help="Random seed (same seed, same data)."
+)
 @project_option
 def demo(count: int, seed: int, project_dir: Path) -> None:
     """Create the database, load realistic demo data and dry-run every example campaign."""

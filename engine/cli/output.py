@@ -38,7 +38,9 @@ def print_csv(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
         )
 
 
-def print_table(rows: Iterable[Sequence[Any]], columns: Sequence[str], title: str | None = None) -> None:
+def print_table(
+    rows: Iterable[Sequence[Any]], columns: Sequence[str], title: str | None = None
+) -> None:
     table = Table(title=title, show_lines=False)
     for column in columns:
         table.add_column(column)
