@@ -389,14 +389,14 @@ def run_demo(
 
 def _show_examples(project, summary: DemoSummary, now: datetime) -> None:
     """Dry-run every example campaign; before campaigns exist, count every segment."""
-    from engine.segments import count_segment, load_segments
-
     settings = project.settings
     if not settings.segments_dir.is_dir():
         summary.notes.append(
             f"No segments/ folder in {settings.project_dir}: nothing more to show."
         )
         return
+    from engine.segments import count_segment, load_segments
+
     segments = load_segments(settings.segments_dir)
     rows = [
         (name, segments[name].description, count_segment(project.engine, segments, name, now=now))

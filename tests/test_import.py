@@ -194,3 +194,17 @@ def test_cli_import_exit_codes_and_messages(project, tmp_path):
     assert result.exit_code == 1
     assert "unknown column 'mail'" in result.stderr
     assert "Traceback" not in result.output + result.stderr
+
+
+@pytest.mark.parametrize(
+    "value",
+    [datetime(2026, 11, 30, 5, 6, 7), datetime(2026, 1, 2, 3, 4, 5, 600), datetime(1, 1, 1)],
+)
+def test_fast_sqlite_datetime_matches_sqlalchemy(value):
+    from sqlalchemy.dialects import sqlite
+
+    from engine.importer import sqlite_datetime
+
+    dialect = sqlite.dialect()
+    reference = sa.DateTime().dialect_impl(dialect).bind_processor(dialect)
+    assert sqlite_datetime(value) == reference(value)
