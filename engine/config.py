@@ -12,7 +12,7 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -377,6 +377,15 @@ def load_settings(project_dir: Path | str = ".", env: Mapping[str, str] | None =
         _database_url(raw_db, project_dir) if raw_db else f"sqlite:///{project_dir / 'campaign.db'}"
     )
     smtp = parse_smtp_url(env["CAMPAIGN_SMTP_URL"]) if env.get("CAMPAIGN_SMTP_URL") else None
+    if smtp is not None and (env.get("CAMPAIGN_SMTP_USERNAME") or env.get("CAMPAIGN_SMTP_PASSWORD")):
+        # Credentials kept apart from the URL (e.g. in a secret store) win over the URL's.
+        smtp = replace(
+            smtp,
+            username=env.get("CAMPAIGN_SMTP_USERNAME") or smtp.username,
+            password=Secret(env["CAMPAIGN_SMTP_PASSWORD"])
+            if env.get("CAMPAIGN_SMTP_PASSWORD")
+            else smtp.password,
+        )
     secret = Secret(env["CAMPAIGN_SECRET_KEY"]) if env.get("CAMPAIGN_SECRET_KEY") else None
 
     return Settings(

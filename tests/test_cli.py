@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 import pytest
 from click.testing import CliRunner
 
 from engine.cli import cli
-from tests.conftest import REPO
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def _commands(group: click.Group, prefix: tuple[str, ...] = ()):

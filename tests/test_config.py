@@ -137,3 +137,15 @@ def test_parse_rate_never_crashes(text):
         assert "is not a rate" in str(exc)
     else:
         assert rate.count > 0 and rate.per.total_seconds() > 0
+
+
+def test_smtp_credentials_from_their_own_variables(tmp_path):
+    env = {
+        "CAMPAIGN_SMTP_URL": "smtp://mail.example.id:587?starttls=true",
+        "CAMPAIGN_SMTP_USERNAME": "mailer",
+        "CAMPAIGN_SMTP_PASSWORD": "p@ss word",
+    }
+    smtp = load_settings(tmp_path, env=env).smtp
+    assert smtp.username == "mailer"
+    assert smtp.password.reveal() == "p@ss word"
+    assert "p@ss" not in repr(smtp) and "p@ss" not in smtp.describe()
