@@ -40,7 +40,8 @@ class Merchant(SQLModel, table=True):
         sa_column=sa.Column(sa.String(64), nullable=False, server_default="Asia/Jakarta"),
     )
     status: str = Field(
-        default="active", sa_column=sa.Column(sa.String(30), nullable=False, server_default="active")
+        default="active",
+        sa_column=sa.Column(sa.String(30), nullable=False, server_default="active"),
     )
     created_at: datetime | None = Field(default=None, sa_column=sa.Column(sa.DateTime()))
     last_login_at: datetime | None = Field(default=None, sa_column=sa.Column(sa.DateTime()))
@@ -91,3 +92,118 @@ orders = Order.__table__
 activities = Activity.__table__
 
 MERCHANT_COLUMNS = tuple(c.name for c in merchants.columns)
+
+
+# --- delivery: the outbox, its attempts, the suppression list (issue 5) --------
+
+
+class Message(SQLModel, table=True):
+    """One email in the outbox: its idempotency key, its RFC 5322 bytes and its state."""
+
+    __tablename__ = "messages"
+    __table_args__ = (
+        # The claim query: due messages by state and time.
+        sa.Index("ix_messages_state_next", "state", "next_attempt_at"),
+        # Reports by campaign and step, and the "already sent in this run" check.
+        sa.Index("ix_messages_campaign_step", "campaign", "step", "run"),
+        # The frequency cap: a merchant's recent messages.
+        sa.Index("ix_messages_merchant_created", "merchant_id", "created_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    key: str = Field(sa_column=sa.Column(sa.String(300), nullable=False, unique=True))
+    campaign: str = Field(sa_column=sa.Column(sa.String(100), nullable=False))
+    step: int | None = Field(default=None, sa_column=sa.Column(sa.Integer))
+    run: str | None = Field(default=None, sa_column=sa.Column(sa.String(100)))
+    topic: str = Field(sa_column=sa.Column(sa.String(50), nullable=False))
+    merchant_id: int = Field(
+        sa_column=sa.Column(
+            sa.Integer, sa.ForeignKey("merchants.id", ondelete="CASCADE"), nullable=False
+        )
+    )
+    email: str = Field(sa_column=sa.Column(sa.String(320), nullable=False))
+    sender: str = Field(sa_column=sa.Column(sa.String(320), nullable=False))
+    subject: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
+    state: str = Field(sa_column=sa.Column(sa.String(20), nullable=False))
+    attempts: int = Field(
+        default=0, sa_column=sa.Column(sa.Integer, nullable=False, server_default="0")
+    )
+    next_attempt_at: datetime | None = Field(default=None, sa_column=sa.Column(sa.DateTime()))
+    lease_token: str | None = Field(default=None, sa_column=sa.Column(sa.String(64)))
+    lease_expires_at: datetime | None = Field(default=None, sa_column=sa.Column(sa.DateTime()))
+    worker: str | None = Field(default=None, sa_column=sa.Column(sa.String(200)))
+    message_id: str | None = Field(default=None, sa_column=sa.Column(sa.String(300)))
+    queue_id: str | None = Field(default=None, sa_column=sa.Column(sa.String(200)))
+    last_error: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
+    created_at: datetime = Field(sa_column=sa.Column(sa.DateTime(), nullable=False))
+    updated_at: datetime = Field(sa_column=sa.Column(sa.DateTime(), nullable=False))
+    sent_at: datetime | None = Field(default=None, sa_column=sa.Column(sa.DateTime()))
+
+
+class MessageBody(SQLModel, table=True):
+    """The exact bytes handed to SMTP: a retry sends the same message (same Message-ID).
+
+    A table of its own so that the state changes of a message (several per
+    send) do not rewrite its ~10 KB body each time.
+    """
+
+    __tablename__ = "message_bodies"
+
+    message_id: int = Field(
+        sa_column=sa.Column(
+            sa.Integer, sa.ForeignKey("messages.id", ondelete="CASCADE"), primary_key=True
+        )
+    )
+    data: bytes = Field(sa_column=sa.Column(sa.LargeBinary, nullable=False))
+
+
+class Attempt(SQLModel, table=True):
+    """One delivery attempt: when, by whom, and what the server said."""
+
+    __tablename__ = "attempts"
+
+    id: int | None = Field(default=None, primary_key=True)
+    message_id: int = Field(
+        sa_column=sa.Column(
+            sa.Integer, sa.ForeignKey("messages.id", ondelete="CASCADE"), nullable=False, index=True
+        )
+    )
+    at: datetime = Field(sa_column=sa.Column(sa.DateTime(), nullable=False))
+    worker: str | None = Field(default=None, sa_column=sa.Column(sa.String(200)))
+    smtp_code: int | None = Field(default=None, sa_column=sa.Column(sa.Integer))
+    enhanced_status: str | None = Field(default=None, sa_column=sa.Column(sa.String(20)))
+    reply: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
+    outcome: str = Field(sa_column=sa.Column(sa.String(20), nullable=False))
+
+
+class Suppression(SQLModel, table=True):
+    """An address that must not be emailed, for one topic or for all (``*``)."""
+
+    __tablename__ = "suppressions"
+    __table_args__ = (sa.UniqueConstraint("email", "topic", name="uq_suppressions_email_topic"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    email: str = Field(sa_column=sa.Column(sa.String(320), nullable=False))
+    topic: str = Field(sa_column=sa.Column(sa.String(50), nullable=False, server_default="*"))
+    reason: str = Field(sa_column=sa.Column(sa.String(50), nullable=False))
+    source: str | None = Field(default=None, sa_column=sa.Column(sa.String(200)))
+    created_at: datetime = Field(sa_column=sa.Column(sa.DateTime(), nullable=False))
+
+
+class CampaignRun(SQLModel, table=True):
+    """A broadcast run (``manual``, a ``--run`` label or a schedule's fire time)."""
+
+    __tablename__ = "campaign_runs"
+    __table_args__ = (sa.UniqueConstraint("campaign", "run", name="uq_campaign_runs"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    campaign: str = Field(sa_column=sa.Column(sa.String(100), nullable=False))
+    run: str = Field(sa_column=sa.Column(sa.String(100), nullable=False))
+    started_at: datetime = Field(sa_column=sa.Column(sa.DateTime(), nullable=False))
+
+
+messages = Message.__table__
+message_bodies = MessageBody.__table__
+attempts = Attempt.__table__
+suppressions = Suppression.__table__
+campaign_runs = CampaignRun.__table__

@@ -1,3 +1,170 @@
-"""Commands for segments (registered on the `campaign` group)."""
+"""Commands for segments: ``segment list|count|show|explain`` and ``schema segment``."""
 
-from engine.cli.main import cli  # noqa: F401
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+import click
+
+from engine.cli.main import cli, format_option, load_project, project_option
+from engine.cli.output import print_csv, print_json, print_table
+from engine.errors import CampaignError
+from engine.segments import (
+    count_segment,
+    explain_segment,
+    load_segments,
+    segment_members,
+)
+from engine.segments.schema import schema_text
+from engine.times import parse_timestamp, utcnow
+
+SHOW_COLUMNS = ("id", "external_id", "email", "store_name", "plan", "city", "status")
+
+
+def _now(value: str | None) -> datetime:
+    if value is None:
+        return utcnow()
+    try:
+        return parse_timestamp(value)
+    except ValueError:
+        raise CampaignError(f"--now {value!r} is not an ISO 8601 date or time") from None
+
+
+def now_option(func):
+    """``--now ISO``: evaluate on a fixed clock (default: the real clock)."""
+    return click.option(
+        "--now",
+        "now_text",
+        metavar="ISO",
+        default=None,
+        help="Evaluate as if it were this time (ISO 8601; UTC without an offset).",
+    )(func)
+
+
+def _load(project_dir: Path):
+    project = load_project(project_dir)
+    segments = load_segments(project.settings.segments_dir)
+    return project, segments
+
+
+@cli.group()
+def segment() -> None:
+    """Inspect the segments in segments/*.yaml."""
+
+
+@segment.command("list")
+@project_option
+@now_option
+@format_option("table", "json", "csv")
+def segment_list(project_dir: Path, now_text: str | None, output_format: str) -> None:
+    """Every segment with its description and how many merchants are in it now."""
+    project, segments = _load(project_dir)
+    now = _now(now_text)
+    engine = project.database()
+    rows = [
+        {
+            "segment": name,
+            "description": seg.description,
+            "count": count_segment(engine, segments, name, now=now),
+        }
+        for name, seg in segments.items()
+    ]
+    if output_format == "json":
+        print_json(rows)
+    elif output_format == "csv":
+        print_csv(rows, ("segment", "description", "count"))
+    elif not rows:
+        click.echo(f"No segments in {project.settings.segments_dir}.")
+    else:
+        print_table(
+            ((r["segment"], r["description"], r["count"]) for r in rows),
+            ("segment", "description", "merchants"),
+        )
+
+
+@segment.command("count")
+@click.argument("name")
+@project_option
+@now_option
+@format_option("table", "json")
+def segment_count(name: str, project_dir: Path, now_text: str | None, output_format: str) -> None:
+    """How many merchants are in segment NAME."""
+    project, segments = _load(project_dir)
+    segments.get_segment(name)
+    count = count_segment(project.database(), segments, name, now=_now(now_text))
+    if output_format == "json":
+        print_json({"segment": name, "count": count})
+    else:
+        click.echo(f"{name}: {count} merchant{'' if count == 1 else 's'}")
+
+
+@segment.command("show")
+@click.argument("name")
+@click.option("--limit", type=click.IntRange(min=0), default=None, help="At most N merchants.")
+@project_option
+@now_option
+@format_option("table", "csv", "json")
+def segment_show(
+    name: str, limit: int | None, project_dir: Path, now_text: str | None, output_format: str
+) -> None:
+    """The merchants in segment NAME, by id."""
+    project, segments = _load(project_dir)
+    segments.get_segment(name)
+    rows = segment_members(project.database(), segments, name, now=_now(now_text), limit=limit)
+    if output_format == "json":
+        print_json(rows)
+    elif output_format == "csv":
+        print_csv(rows, [c for c in rows[0]] if rows else SHOW_COLUMNS)
+    else:
+        print_table(
+            ([r[c] for c in SHOW_COLUMNS] for r in rows),
+            SHOW_COLUMNS,
+            title=f"{name}: {len(rows)} merchant{'' if len(rows) == 1 else 's'}"
+            + (" (limited)" if limit is not None and len(rows) == limit else ""),
+        )
+
+
+@segment.command("explain")
+@click.argument("name")
+@project_option
+@now_option
+def segment_explain(name: str, project_dir: Path, now_text: str | None) -> None:
+    """The SQL of segment NAME (with placeholders) and the database's query plan."""
+    project, segments = _load(project_dir)
+    segments.get_segment(name)
+    explanation = explain_segment(project.database(), segments, name, now=_now(now_text))
+    click.echo("-- SQL")
+    click.echo(explanation.sql)
+    click.echo("-- parameters")
+    for key, value in explanation.params.items():
+        click.echo(f"{key} = {value!r}")
+    click.echo("-- query plan")
+    for line in explanation.plan:
+        click.echo(line)
+
+
+@cli.group()
+def schema() -> None:
+    """JSON Schemas of the project's YAML files, for editor autocompletion."""
+
+
+@schema.command("segment")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write to this file instead of standard output.",
+)
+def schema_segment(out: Path | None) -> None:
+    """The JSON Schema of segments/*.yaml.
+
+    Point your editor at it, e.g. with the YAML extension in VS Code:
+    "yaml.schemas": {"segment.schema.json": "segments/*.yaml"}.
+    """
+    text = schema_text()
+    if out is None:
+        click.echo(text, nl=False)
+    else:
+        out.write_text(text, encoding="utf-8")
+        click.echo(f"Wrote {out}.")

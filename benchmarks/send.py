@@ -1,0 +1,133 @@
+"""End-to-end send throughput against the plain smtplib loop, to the same local sink.
+
+    .venv/bin/python benchmarks/send.py [--count 20000] [--connections 4] [--database URL]
+
+1. builds a project in a temporary folder: the example templates, one segment
+   (every active merchant) and one broadcast using ``promo/harbolnas-1212``;
+2. loads ``--count`` demo merchants with their orders and activities
+   (``engine.demo``), all active, into SQLite (default) or ``--database``;
+3. times ``send_campaign`` end to end — segment query, skips, stats, render,
+   MIME, outbox writes, claims, SMTP over K connections — to a fast SMTP sink
+   running in its own process (``benchmarks/smtp_baseline.py``);
+4. times the plain smtplib loop sending the same number of pre-built messages
+   over the same K connections to a fresh sink, and prints both and the ratios.
+
+Targets (issue 5): end to end at least half the smtplib throughput with the
+same connections, and at least 10 times a mail-merge tool's 65-130 messages/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import sqlalchemy as sa  # noqa: E402
+from smtp_baseline import build_messages, smtplib_baseline, start_sink  # noqa: E402
+
+from engine.config import parse_smtp_url  # noqa: E402
+from engine.demo import demo_clock, load_demo  # noqa: E402
+from engine.models import merchants  # noqa: E402
+from engine.project import open_project  # noqa: E402
+from engine.sending import send_campaign  # noqa: E402
+
+MAIL_MERGE = (65, 130)  # messages/s of a popular mail-merge command-line tool (issue 5)
+
+SEGMENT = "description: every active merchant\nrules:\n  field: status\n  eq: active\n"
+CAMPAIGN = """kind: broadcast
+topic: promo
+segment: everyone
+from: "Tokoku Seller <kampanye@tokoku.id>"
+reply_to: success@tokoku.id
+template: promo/harbolnas-1212
+"""
+TOML = """[delivery]
+connections = {connections}
+rate = "1000000/s"
+batch_size = 500
+
+[limits]
+frequency_cap = "off"
+"""
+
+
+def build_project(folder: Path, connections: int) -> None:
+    shutil.copytree(REPO / "templates", folder / "templates")
+    (folder / "segments").mkdir()
+    (folder / "segments" / "everyone.yaml").write_text(SEGMENT)
+    (folder / "campaigns").mkdir()
+    (folder / "campaigns" / "bench.yaml").write_text(CAMPAIGN)
+    (folder / "campaign.toml").write_text(TOML.format(connections=connections))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=20_000)
+    parser.add_argument("--connections", type=int, default=4)
+    parser.add_argument("--database", help="a database URL (default: SQLite in a temporary folder)")
+    parser.add_argument(
+        "--render-workers",
+        type=int,
+        default=None,
+        help="child processes that render (default: automatic; 0: render in the sending process)",
+    )
+    args = parser.parse_args(argv)
+
+    with tempfile.TemporaryDirectory(prefix="campaign-bench-") as tmp:
+        folder = Path(tmp)
+        build_project(folder, args.connections)
+        env = {
+            "CAMPAIGN_DATABASE_URL": args.database or f"sqlite:///{folder / 'bench.db'}",
+            "CAMPAIGN_SECRET_KEY": "benchmark-secret",
+        }
+        project = open_project(folder, env=env)
+        engine = project.database()
+        started = time.perf_counter()
+        now = demo_clock()
+        load_demo(engine, merchants_count=args.count, seed=7, now=now)
+        with engine.begin() as conn:
+            conn.execute(merchants.update().values(status="active"))
+        print(f"demo data: {args.count} merchants in {time.perf_counter() - started:.1f}s")
+
+        with start_sink() as sink:
+            project.settings = dataclasses.replace(project.settings, smtp=parse_smtp_url(sink.url))
+            started = time.perf_counter()
+            report = send_campaign(project, "bench", now=now, render_workers=args.render_workers)
+            seconds = time.perf_counter() - started
+            accepted = sink.stop()
+        sent = report.states.get("sent", 0)
+        if sent != args.count or accepted != sent:
+            print(f"warning: sent {sent}, sink accepted {accepted}, states {report.states}")
+        end_to_end = sent / seconds
+        print(
+            f"end to end (segment, render, MIME, outbox, SMTP): {sent} messages over "
+            f"{args.connections} connection(s) in {seconds:.2f}s: {end_to_end:,.0f}/s"
+        )
+        with engine.connect() as conn:
+            size = conn.execute(sa.text("select avg(length(data)) from message_bodies")).scalar()
+        project.close()
+
+    with start_sink() as sink:
+        host, port = sink.host, sink.port
+        baseline = smtplib_baseline(host, port, build_messages(args.count), args.connections)
+        sink.stop()
+    print(f"plain smtplib, pre-built messages (~5 KB): {baseline}")
+    print(f"average rendered message: {size:,.0f} bytes")
+    print(f"ratio end to end / smtplib: {end_to_end / baseline.per_second:.2f} (target >= 0.5)")
+    low, high = MAIL_MERGE
+    print(
+        f"ratio to a mail-merge tool ({low}-{high}/s): {end_to_end / high:.1f}x-{end_to_end / low:.1f}x "
+        "(target >= 10x)"
+    )
+
+
+if __name__ == "__main__":
+    main()

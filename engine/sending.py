@@ -1,0 +1,692 @@
+"""``campaign send``: audience → skips → render → outbox → SMTP, and its dry run.
+
+The audience is read from the segment in id-ordered batches. Each batch loses,
+with a reason that the report shows: invalid addresses, the holdout group,
+suppressed addresses (the campaign's topic or all), merchants this run already
+reached, and (for non-exempt topics) merchants at the frequency cap. The rest is
+rendered in one ``render_batch`` call per batch, in this thread, while the
+sender threads (``engine.delivery``) drain the outbox. A dry run does every step
+except the outbox writes and the network: it opens no socket and changes no row.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections import Counter, deque
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from engine.addresses import normalize_email
+from engine.db import current_revision, head_revision
+from engine.errors import CampaignError, DeliveryError
+from engine.keys import message_key
+from engine.models import campaign_runs, merchants, messages
+from engine.outbox import (
+    IN_FLIGHT,
+    PENDING,
+    NewMessage,
+    State,
+    _insert,
+    enqueue,
+    existing_keys,
+    requeue_unknown,
+    state_counts,
+    write_transaction,
+)
+from engine.suppressions import suppressed_among
+from engine.times import utcnow
+
+MANUAL_RUN = "manual"
+SKIP_REASONS = (
+    "suppressed",
+    "frequency_cap",
+    "holdout",
+    "already_sent",
+    "invalid_address",
+    "render_error",
+)
+# States that never count towards the frequency cap: nothing reached the merchant.
+_NOT_DELIVERED = (State.FAILED, State.SUPPRESSED, State.HOLDOUT)
+
+Progress = Callable[[int, int | None], None]
+
+
+@dataclass
+class SendReport:
+    """What a send (or a dry run) did; ``to_json`` is the SPEC 8 form."""
+
+    campaign: str
+    kind: str
+    dry_run: bool
+    step: int | None = None
+    run: str | None = None
+    audience: int = 0
+    would_send: int = 0  # rendered and (on a real send) in the outbox for this run
+    enqueued: int = 0  # new outbox rows written by this send
+    pending: int = 0  # already queued/deferred from an earlier send of this run (resumed)
+    skipped: Counter = field(default_factory=Counter)
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    render_errors: list[dict[str, Any]] = field(default_factory=list)
+    states: dict[str, int] = field(default_factory=dict)  # this run's/step's outbox, after delivery
+    server_down: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def failed(self) -> bool:
+        """Something needs attention: failures, render errors, or the server refused to talk."""
+        return bool(
+            self.states.get(str(State.FAILED))
+            or self.skipped.get("render_error")
+            or self.server_down
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "campaign": self.campaign,
+            "audience": self.audience,
+            "would_send": self.would_send,
+            "skipped": {reason: self.skipped.get(reason, 0) for reason in SKIP_REASONS},
+            "messages": self.messages,
+        }
+        data.update(kind=self.kind, step=self.step, run=self.run, dry_run=self.dry_run)
+        if self.render_errors:
+            data["render_errors"] = self.render_errors
+        if not self.dry_run:
+            data.update(
+                enqueued=self.enqueued,
+                pending=self.pending,
+                states=self.states,
+                server_down=self.server_down,
+            )
+        if self.notes:
+            data["notes"] = self.notes
+        return data
+
+
+@dataclass
+class _Plan:
+    """Everything fixed before the first batch: campaign, step/run, rules, builder."""
+
+    campaign: Any
+    step: int | None
+    run: str | None
+    template: str
+    condition: sa.ColumnElement[bool]
+    builder: Any
+
+    @property
+    def sender(self) -> str:
+        """The envelope sender (MAIL FROM): ``from:`` without the name, parsed once."""
+        if "_sender" not in self.__dict__:
+            self.__dict__["_sender"] = self.campaign.sender_address
+        return self.__dict__["_sender"]
+
+
+def _check_database(engine: Engine) -> None:
+    """A dry run must not create or migrate anything: the schema has to be there already."""
+    if engine.dialect.name == "sqlite":
+        database = engine.url.database
+        if database and database != ":memory:" and not Path(database).exists():
+            raise DeliveryError(
+                f"no database at {database}: run `campaign db upgrade` or `campaign demo` first"
+            )
+    if current_revision(engine) != head_revision():
+        raise DeliveryError(
+            "the database schema is not up to date: run `campaign db upgrade` first"
+        )
+
+
+def _plan(
+    settings, name: str, *, now: datetime, run: str | None, step: int | None, sending: bool
+) -> _Plan:
+    from engine.campaigns import load_campaign
+    from engine.messages import MessageBuilder
+    from engine.segments import load_segments, rule_condition, segment_condition
+    from engine.templates import TemplateSet
+
+    segments = load_segments(settings.segments_dir)
+    campaign = load_campaign(settings, name, segments)
+    condition = segment_condition(segments, campaign.segment, now=now)
+    if campaign.kind == "broadcast":
+        if step not in (None, 1):
+            raise CampaignError(f"campaign {name!r} is a broadcast and has no step {step}")
+        step_number, run_label = None, run or MANUAL_RUN
+    else:
+        if run is not None:
+            raise CampaignError(f"campaign {name!r} is a drip: --run is for broadcasts")
+        step_number, run_label = step or 1, None
+        if campaign.exit is not None:
+            condition = sa.and_(
+                condition, sa.not_(rule_condition(campaign.exit, now=now, segments=segments))
+            )
+        when = campaign.step(step_number).when
+        if when is not None:
+            condition = sa.and_(condition, rule_condition(when, now=now, segments=segments))
+    templates = TemplateSet(settings.templates_dir, settings.project.default_locale)
+    builder = MessageBuilder(settings, campaign, templates, sending=sending)
+    return _Plan(
+        campaign, step_number, run_label, campaign.template_for(step_number), condition, builder
+    )
+
+
+def _frequency_capped(
+    conn: Connection, settings, campaign, merchant_ids: Sequence[int], now: datetime
+) -> set[int]:
+    """Merchants who already had the project-wide maximum of emails in the rolling window."""
+    cap = settings.limits.frequency_cap
+    exempt = tuple(settings.limits.frequency_cap_exempt)
+    if cap is None or campaign.topic in exempt or not merchant_ids:
+        return set()
+    since = now - cap.per
+    query = (
+        sa.select(messages.c.merchant_id)
+        .where(
+            messages.c.merchant_id.in_(list(merchant_ids)),
+            messages.c.state.not_in([str(s) for s in _NOT_DELIVERED]),
+            sa.func.coalesce(messages.c.sent_at, messages.c.created_at) >= since,
+        )
+        .group_by(messages.c.merchant_id)
+        .having(sa.func.count() >= cap.count)
+    )
+    if exempt:
+        query = query.where(messages.c.topic.not_in(exempt))
+    return set(conn.execute(query).scalars())
+
+
+def _eml_name(key: str) -> str:
+    return key.replace("/", "_") + ".eml"
+
+
+def send_campaign(
+    project,
+    name: str,
+    *,
+    now: datetime | None = None,
+    dry_run: bool = False,
+    limit: int | None = None,
+    run: str | None = None,
+    step: int | None = None,
+    out_dir: Path | None = None,
+    progress: Progress | None = None,
+    transport_factory=None,
+    wait_retries: timedelta = timedelta(0),
+    server_patience: float = 10.0,
+    render_workers: int | None = None,
+) -> SendReport:
+    """Send a broadcast run (default ``manual``, resumed on every send) or a drip's step now.
+
+    With ``dry_run`` everything is computed and rendered but no row is written and
+    no connection is opened. ``transport_factory`` (tests, benchmarks) replaces
+    the SMTP transport built from the settings. ``render_workers``: child
+    processes that render (None: automatic, from ``POOL_THRESHOLD`` merchants
+    and a spare CPU; 0: render in this process).
+    """
+    now = now or utcnow()
+    settings = project.settings
+    engine: Engine = project.engine
+    if dry_run:
+        _check_database(engine)
+    else:
+        if settings.secret_key is None:
+            raise DeliveryError(
+                "CAMPAIGN_SECRET_KEY is not set: a real send needs it to sign unsubscribe links"
+            )
+        engine = project.database()
+    plan = _plan(settings, name, now=now, run=run, step=step, sending=not dry_run)
+    campaign = plan.campaign
+    report = SendReport(
+        campaign=campaign.name, kind=campaign.kind, dry_run=dry_run, step=plan.step, run=plan.run
+    )
+    if campaign.kind == "drip":
+        report.notes.append(
+            f"{campaign.name} is a drip: `send` sends step {plan.step} now to segment members "
+            "who have not had it (send windows are not applied; `drip run` schedules the later steps)"
+        )
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+
+    delivery = None
+    if not dry_run:
+        from engine.delivery import Delivery, default_transport_factory
+
+        factory = transport_factory or default_transport_factory(
+            settings
+        )  # fails early without SMTP
+        finished = [0]
+
+        def on_result(_state: str) -> None:
+            finished[0] += 1
+            if progress is not None:
+                progress(finished[0], report.would_send)
+
+        delivery = Delivery(
+            engine,
+            settings,
+            campaign=campaign.name,
+            transport_factory=factory,
+            wait_retries=wait_retries,
+            on_result=on_result,
+            server_patience=server_patience,
+        )
+        if plan.run is not None:
+            with write_transaction(engine) as conn:
+                conn.execute(
+                    _insert(conn)(campaign_runs)
+                    .values(campaign=campaign.name, run=plan.run, started_at=utcnow())
+                    .on_conflict_do_nothing(index_elements=["campaign", "run"])
+                )
+        delivery.start()
+
+    try:
+        _produce(
+            project,
+            engine,
+            plan,
+            report,
+            dry_run=dry_run,
+            limit=limit,
+            now=now,
+            out_dir=out_dir,
+            progress=progress,
+            delivery=delivery,
+            render_workers=render_workers,
+        )
+    except BaseException:
+        if delivery is not None:
+            delivery.stop()
+            delivery.join()
+        raise
+    if delivery is not None:
+        stats = delivery.join()
+        report.server_down = stats.server_down
+        if stats.recovered.get("unknown"):
+            report.notes.append(
+                f"{stats.recovered['unknown']} message(s) from an interrupted send are now 'unknown': "
+                f"check them, then `campaign retry --unknown {campaign.name}` to resend on purpose"
+            )
+        with engine.connect() as conn:
+            report.states = state_counts(conn, campaign=campaign.name, step=plan.step, run=plan.run)
+        if report.server_down:
+            report.notes.append(
+                f"the SMTP server is unavailable ({report.server_down}); the remaining messages "
+                "wait in the outbox: send again later"
+            )
+        waiting = report.states.get(str(State.DEFERRED), 0)
+        if waiting and not report.server_down:
+            report.notes.append(
+                f"{waiting} message(s) deferred by the server will be retried later"
+            )
+    return report
+
+
+def _produce(
+    project,
+    engine: Engine,
+    plan: _Plan,
+    report: SendReport,
+    *,
+    dry_run: bool,
+    limit: int | None,
+    now: datetime,
+    out_dir: Path | None,
+    progress: Progress | None,
+    delivery,
+    render_workers: int | None,
+) -> None:
+    """The audience loop: batch, skip with reasons, render, enqueue (or just record)."""
+    settings = project.settings
+    batch_size = max(50, settings.delivery.batch_size)
+    with engine.connect() as conn:
+        total = conn.execute(sa.select(sa.func.count()).where(plan.condition)).scalar()
+    pool = _start_pool(settings, plan, now, dry_run, total, limit, render_workers)
+    pending: deque = deque()
+
+    def record(results) -> None:
+        _record(engine, plan, report, results, dry_run=dry_run, out_dir=out_dir, delivery=delivery)
+        if progress is not None and dry_run:
+            progress(report.audience, total)
+
+    cursor = 0
+    try:
+        while True:
+            with engine.connect() as conn:
+                rows = (
+                    conn.execute(
+                        sa.select(merchants)
+                        .where(plan.condition, merchants.c.id > cursor)
+                        .order_by(merchants.c.id)
+                        .limit(batch_size)
+                    )
+                    .mappings()
+                    .all()
+                )
+                if not rows:
+                    break
+                cursor = rows[-1]["id"]
+                if limit is not None and report.would_send >= limit:
+                    # Enough messages: the rest of the audience is only counted.
+                    report.audience += conn.execute(
+                        sa.select(sa.func.count()).where(
+                            plan.condition, merchants.c.id >= rows[0]["id"]
+                        )
+                    ).scalar()
+                    break
+                report.audience += len(rows)
+                candidates, holdout = _filter(conn, settings, plan, report, rows, now)
+                if limit is not None:
+                    candidates = candidates[: max(0, limit - report.would_send)]
+                if pool is None:
+                    results = (
+                        plan.builder.render_batch(
+                            conn,
+                            candidates,
+                            now=now,
+                            template=plan.template,
+                            step=plan.step,
+                            run=plan.run,
+                        )
+                        if candidates
+                        else []
+                    )
+            if holdout and not dry_run:
+                enqueue(engine, holdout)  # the control group, recorded once per run for the report
+            if pool is None:
+                record(results)
+                continue
+            pending.append(pool.submit(_render_remote, [dict(r) for r in candidates]))
+            while len(pending) > 2 * pool._max_workers or (pending and pending[0].done()):
+                record(pending.popleft().result())
+        while pending:
+            record(pending.popleft().result())
+    finally:
+        if pool is not None:
+            for future in pending:
+                future.cancel()
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _record(
+    engine,
+    plan: _Plan,
+    report: SendReport,
+    results,
+    *,
+    dry_run: bool,
+    out_dir: Path | None,
+    delivery,
+) -> None:
+    """Count rendered messages and failures; on a real send, put them in the outbox."""
+    if isinstance(results, _RemoteError):
+        raise CampaignError(results.message)
+    outbox: list[NewMessage] = []
+    for result in results:
+        rendered = hasattr(result, "data")
+        if not rendered:
+            report.skipped["render_error"] += 1
+            report.render_errors.append(
+                {"merchant_id": result.merchant_id, "email": result.email, "reason": result.reason}
+            )
+        else:
+            report.would_send += 1
+            report.messages.append(
+                {
+                    "merchant_id": result.merchant_id,
+                    "email": result.email,
+                    "step": plan.step or 1,
+                    "subject": result.subject,
+                }
+            )
+            if out_dir is not None:
+                (out_dir / _eml_name(result.key)).write_bytes(result.data)
+        if not dry_run:
+            outbox.append(_new_message(plan, result, rendered))
+    if outbox:
+        report.enqueued += enqueue(engine, outbox)
+        delivery.notify()
+
+
+# --- rendering in other processes ------------------------------------------------
+#
+# Rendering is pure CPU and holds the GIL; the sender threads need it too. For
+# large sends the batches are rendered in child processes (spawned, each with its
+# own database connection for the batch statistics) while this process filters
+# the audience, writes the outbox and drives SMTP.
+
+POOL_THRESHOLD = 5000  # audience size from which child processes pay for their start-up
+
+
+@dataclass(frozen=True)
+class _Rendered:
+    key: str
+    merchant_id: int
+    email: str
+    subject: str
+    message_id: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class _Failed:
+    key: str
+    merchant_id: int
+    email: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class _RemoteError:
+    message: str
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _start_pool(
+    settings,
+    plan: _Plan,
+    now: datetime,
+    dry_run: bool,
+    total: int,
+    limit: int | None,
+    workers: int | None,
+):
+    if workers is None:
+        if total < POOL_THRESHOLD or limit is not None:
+            return None
+        workers = min(4, (os.cpu_count() or 1) - 1)
+    if workers < 1:
+        return None
+    context = multiprocessing.get_context("spawn")
+    args = (settings, plan.campaign.name, now, plan.run, plan.step, not dry_run)
+    return ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=args)
+
+
+def _init_worker(settings, name: str, now: datetime, run, step, sending: bool) -> None:
+    from engine.db import make_engine
+
+    _WORKER["plan"] = _plan(settings, name, now=now, run=run, step=step, sending=sending)
+    _WORKER["engine"] = make_engine(settings.database_url)
+    _WORKER["now"] = now
+
+
+def _render_remote(rows: list[dict[str, Any]]) -> list[_Rendered | _Failed] | _RemoteError:
+    if not rows:
+        return []
+    plan: _Plan = _WORKER["plan"]
+    try:
+        with _WORKER["engine"].connect() as conn:
+            results = plan.builder.render_batch(
+                conn, rows, now=_WORKER["now"], template=plan.template, step=plan.step, run=plan.run
+            )
+    except CampaignError as exc:
+        # Our exceptions do not all survive pickling (ProjectFileError's signature):
+        # send the sentence back and raise it in the parent.
+        return _RemoteError(str(exc))
+    return [
+        _Rendered(r.key, r.merchant_id, r.email, r.subject, r.message_id, r.data)
+        if hasattr(r, "data")
+        else _Failed(r.key, r.merchant_id, r.email, r.reason)
+        for r in results
+    ]
+
+
+def _new_message(plan: _Plan, result, rendered: bool) -> NewMessage:
+    campaign = plan.campaign
+    common = dict(
+        key=result.key,
+        campaign=campaign.name,
+        topic=campaign.topic,
+        merchant_id=result.merchant_id,
+        email=result.email,
+        sender=plan.sender,
+        step=plan.step,
+        run=plan.run,
+    )
+    if rendered:
+        return NewMessage(
+            subject=result.subject, message_id=result.message_id, data=result.data, **common
+        )
+    # A render error fails that one message, with its reason, and the rest go on.
+    return NewMessage(
+        subject=None,
+        message_id=None,
+        data=None,
+        state=State.FAILED,
+        last_error=f"render error: {result.reason}",
+        **common,
+    )
+
+
+def _filter(
+    conn: Connection,
+    settings,
+    plan: _Plan,
+    report: SendReport,
+    rows: Sequence[Mapping[str, Any]],
+    now: datetime,
+) -> tuple[list[Mapping[str, Any]], list[NewMessage]]:
+    """Skip with reasons; returns (merchants to render, holdout rows to record)."""
+    from engine.campaigns import in_holdout
+
+    campaign = plan.campaign
+    valid: list[tuple[Mapping[str, Any], str]] = []
+    holdout: list[NewMessage] = []
+    for row in rows:
+        try:
+            email = normalize_email(row["email"])
+        except ValueError:
+            report.skipped["invalid_address"] += 1
+            continue
+        if in_holdout(campaign.name, row["id"], campaign.holdout):
+            report.skipped["holdout"] += 1
+            holdout.append(
+                NewMessage(
+                    key=message_key(campaign.name, row["id"], step=plan.step, run=plan.run),
+                    campaign=campaign.name,
+                    topic=campaign.topic,
+                    merchant_id=row["id"],
+                    email=email,
+                    sender=plan.sender,
+                    subject=None,
+                    message_id=None,
+                    data=None,
+                    step=plan.step,
+                    run=plan.run,
+                    state=State.HOLDOUT,
+                )
+            )
+            continue
+        valid.append((row, email))
+    suppressed = suppressed_among(conn, [email for _, email in valid], campaign.topic)
+    keys = {
+        row["id"]: message_key(campaign.name, row["id"], step=plan.step, run=plan.run)
+        for row, _ in valid
+    }
+    known = existing_keys(conn, keys.values())
+    capped = _frequency_capped(
+        conn,
+        settings,
+        campaign,
+        [
+            row["id"]
+            for row, email in valid
+            if email not in suppressed and keys[row["id"]] not in known
+        ],
+        now,
+    )
+    candidates: list[Mapping[str, Any]] = []
+    waiting = {str(s) for s in (*PENDING, *IN_FLIGHT)}
+    for row, email in valid:
+        state = known.get(keys[row["id"]])
+        if email in suppressed:
+            report.skipped["suppressed"] += 1
+        elif state is not None:
+            if state in waiting:
+                report.pending += 1  # queued earlier in this run: the delivery pass resumes it
+            else:
+                report.skipped["already_sent"] += 1
+        elif row["id"] in capped:
+            report.skipped["frequency_cap"] += 1
+        else:
+            candidates.append(row)
+    return candidates, holdout
+
+
+def dry_run_campaign(
+    project,
+    name: str,
+    *,
+    now: datetime | None = None,
+    limit: int | None = None,
+    run: str | None = None,
+    out_dir: Path | None = None,
+) -> SendReport:
+    """What ``send NAME`` would do now, changing nothing (used by ``campaign demo``)."""
+    return send_campaign(
+        project, name, now=now, dry_run=True, limit=limit, run=run, out_dir=out_dir
+    )
+
+
+def retry_unknown(
+    project,
+    name: str,
+    *,
+    transport_factory=None,
+    progress: Progress | None = None,
+    server_patience: float = 10.0,
+) -> SendReport:
+    """``campaign retry --unknown``: resend a campaign's ``unknown`` messages, on purpose."""
+    from engine.delivery import Delivery, default_transport_factory
+
+    settings = project.settings
+    engine = project.database()
+    factory = transport_factory or default_transport_factory(settings)
+    report = SendReport(campaign=name, kind="retry", dry_run=False)
+    report.would_send = requeue_unknown(engine, name)
+    done = [0]
+
+    def on_result(_state: str) -> None:
+        done[0] += 1
+        if progress is not None:
+            progress(done[0], report.would_send)
+
+    stats = Delivery(
+        engine,
+        settings,
+        campaign=name,
+        transport_factory=factory,
+        on_result=on_result,
+        server_patience=server_patience,
+    ).run()
+    report.server_down = stats.server_down
+    with engine.connect() as conn:
+        report.states = state_counts(conn, campaign=name)
+    return report

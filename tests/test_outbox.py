@@ -1,0 +1,305 @@
+"""The outbox on both backends: keys, claims, leases, finishing, recovery."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+import pytest
+import sqlalchemy as sa
+
+from engine.models import attempts, merchants, messages
+from engine.outbox import (
+    Finish,
+    NewMessage,
+    State,
+    claim,
+    enqueue,
+    finish,
+    mark_committing,
+    recover,
+    release,
+    requeue_unknown,
+    state_counts,
+)
+from engine.suppressions import add_suppression, is_suppressed
+from engine.times import utcnow
+
+LEASE = timedelta(minutes=5)
+
+
+def add_merchants(engine, count: int, start: int = 1) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            merchants.insert(),
+            [
+                {"id": i, "external_id": f"m{i}", "email": f"m{i}@example.id", "attributes": {}}
+                for i in range(start, start + count)
+            ],
+        )
+
+
+def new(i: int, campaign: str = "promo", topic: str = "promo", run: str = "manual") -> NewMessage:
+    return NewMessage(
+        key=f"{campaign}/run-{run}/m-{i}",
+        campaign=campaign,
+        topic=topic,
+        merchant_id=i,
+        email=f"m{i}@example.id",
+        sender="news@example.id",
+        subject=f"Hello {i}",
+        message_id=f"<{i}@example.id>",
+        data=f"Subject: Hello {i}\r\n\r\nbody {i}\r\n".encode(),
+        run=run,
+    )
+
+
+def states(engine) -> dict[str, int]:
+    with engine.connect() as conn:
+        return state_counts(conn)
+
+
+def state_of(engine, key: str) -> str:
+    with engine.connect() as conn:
+        return conn.execute(sa.select(messages.c.state).where(messages.c.key == key)).scalar_one()
+
+
+def test_enqueue_twice_is_harmless(engine):
+    add_merchants(engine, 5)
+    assert enqueue(engine, [new(i) for i in range(1, 6)]) == 5
+    assert enqueue(engine, [new(i) for i in range(1, 6)]) == 0
+    assert enqueue(engine, [new(i) for i in range(3, 6)] + [new(1, run="second")]) == 1
+    assert states(engine) == {"queued": 6}
+
+
+def test_claim_takes_due_messages_once_and_keeps_the_bytes(engine):
+    add_merchants(engine, 3)
+    enqueue(engine, [new(i) for i in range(1, 4)])
+    first = claim(engine, worker="a", limit=2, lease=LEASE)
+    second = claim(engine, worker="b", limit=5, lease=LEASE)
+    assert [c.key for c in first] == ["promo/run-manual/m-1", "promo/run-manual/m-2"]
+    assert [c.key for c in second] == ["promo/run-manual/m-3"]
+    assert first[0].data == b"Subject: Hello 1\r\n\r\nbody 1\r\n"
+    assert claim(engine, worker="c", limit=5, lease=LEASE) == []
+    assert states(engine) == {"sending": 3}
+
+
+def test_claim_filters_by_campaign(engine):
+    add_merchants(engine, 2)
+    enqueue(engine, [new(1, campaign="a"), new(2, campaign="b")])
+    assert [c.campaign for c in claim(engine, worker="w", limit=5, lease=LEASE, campaign="b")] == [
+        "b"
+    ]
+
+
+def test_an_unsubscribe_between_enqueue_and_claim_wins(engine):
+    add_merchants(engine, 3)
+    enqueue(engine, [new(i) for i in range(1, 4)])
+    add_suppression(engine, "m2@example.id", topic="promo", reason="unsubscribe")
+    add_suppression(engine, "M3@example.id", reason="complaint")  # all topics
+    claimed = claim(engine, worker="w", limit=10, lease=LEASE)
+    assert [c.key for c in claimed] == ["promo/run-manual/m-1"]
+    assert states(engine) == {"sending": 1, "suppressed": 2}
+
+
+def test_a_topic_suppression_does_not_block_other_topics(engine):
+    add_merchants(engine, 1)
+    add_suppression(engine, "m1@example.id", topic="retention", reason="unsubscribe")
+    enqueue(engine, [new(1)])
+    assert len(claim(engine, worker="w", limit=10, lease=LEASE)) == 1
+
+
+def test_a_stalled_worker_cannot_overwrite_the_new_owner(engine):
+    add_merchants(engine, 1)
+    enqueue(engine, [new(1)])
+    (stale,) = claim(engine, worker="stale", limit=1, lease=LEASE)
+    later = utcnow() + LEASE + timedelta(seconds=1)
+    assert recover(engine, now=later) == {"requeued": 1, "unknown": 0}
+    (fresh,) = claim(engine, worker="fresh", limit=1, lease=LEASE, now=later)
+    assert fresh.token != stale.token
+    # The stalled worker wakes up: it may not mark the message nor record a result.
+    assert mark_committing(engine, stale) is False
+    assert finish(engine, stale, Finish("sent", 250), max_attempts=3, retry_backoff=LEASE) is None
+    assert state_of(engine, fresh.key) == "sending"
+    assert mark_committing(engine, fresh) is True
+    assert (
+        finish(
+            engine, fresh, Finish("sent", 250, queue_id="Q1"), max_attempts=3, retry_backoff=LEASE
+        )
+        == State.SENT
+    )
+    with engine.connect() as conn:
+        row = conn.execute(sa.select(messages).where(messages.c.key == fresh.key)).mappings().one()
+        outcomes = sorted(conn.execute(sa.select(attempts.c.outcome)).scalars())
+    assert (row["state"], row["queue_id"], row["worker"], row["lease_token"]) == (
+        "sent",
+        "Q1",
+        "fresh",
+        None,
+    )
+    assert outcomes == ["sent", "sent (lease lost)"]
+
+
+def test_expired_committing_becomes_unknown_and_is_never_reclaimed(engine):
+    add_merchants(engine, 2)
+    enqueue(engine, [new(1), new(2)])
+    a, b = claim(engine, worker="w", limit=2, lease=LEASE)
+    assert mark_committing(engine, a)
+    later = utcnow() + LEASE * 2
+    assert recover(engine, now=later) == {"requeued": 1, "unknown": 1}
+    assert state_of(engine, a.key) == "unknown"
+    assert state_of(engine, b.key) == "queued"
+    assert [c.key for c in claim(engine, worker="w2", limit=5, lease=LEASE, now=later)] == [b.key]
+    # Only on purpose: campaign retry --unknown.
+    assert requeue_unknown(engine, "promo", now=later) == 1
+    assert [c.key for c in claim(engine, worker="w3", limit=5, lease=LEASE, now=later)] == [a.key]
+
+
+def test_deferral_backs_off_exponentially_then_fails(engine):
+    add_merchants(engine, 1)
+    enqueue(engine, [new(1)])
+    backoff = timedelta(minutes=5)
+    now = utcnow()
+    waits = []
+    for attempt in range(1, 4):
+        (c,) = claim(engine, worker="w", limit=1, lease=LEASE, now=now)
+        assert c.attempts == attempt - 1
+        state = finish(
+            engine,
+            c,
+            Finish("deferred", 451, "4.7.1", "try later"),
+            max_attempts=3,
+            retry_backoff=backoff,
+            now=now,
+        )
+        with engine.connect() as conn:
+            due = conn.execute(sa.select(messages.c.next_attempt_at)).scalar()
+        if attempt < 3:
+            assert state == State.DEFERRED
+            waits.append(due - now)
+            assert claim(engine, worker="w", limit=1, lease=LEASE, now=now) == []  # not due yet
+            now = due
+        else:
+            assert state == State.FAILED
+    assert waits == [backoff, backoff * 2]
+    with engine.connect() as conn:
+        row = conn.execute(sa.select(messages)).mappings().one()
+        logged = conn.execute(
+            sa.select(attempts.c.smtp_code, attempts.c.enhanced_status, attempts.c.reply)
+        ).all()
+    assert row["attempts"] == 3 and "gave up after 3 attempts" in row["last_error"]
+    assert logged == [(451, "4.7.1", "try later")] * 3
+
+
+def test_server_down_does_not_charge_an_attempt(engine):
+    add_merchants(engine, 1)
+    enqueue(engine, [new(1)])
+    now = utcnow()
+    for _ in range(5):
+        (c,) = claim(engine, worker="w", limit=1, lease=LEASE, now=now)
+        assert (
+            finish(
+                engine,
+                c,
+                Finish("server_down", 421, "4.3.2", "shutting down"),
+                max_attempts=2,
+                retry_backoff=timedelta(seconds=30),
+                now=now,
+            )
+            == State.DEFERRED
+        )
+        now += timedelta(seconds=31)
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(messages.c.attempts, messages.c.state)).one() == (
+            0,
+            "deferred",
+        )
+        assert conn.execute(sa.select(sa.func.count()).select_from(attempts)).scalar() == 5
+
+
+def test_hard_bounce_fails_and_suppresses_the_address(engine):
+    add_merchants(engine, 2)
+    enqueue(engine, [new(1), new(2, campaign="other", topic="retention")])
+    (c,) = claim(engine, worker="w", limit=1, lease=LEASE, campaign="promo")
+    assert (
+        finish(
+            engine,
+            c,
+            Finish("bounced", 550, "5.1.1", "no such user"),
+            max_attempts=6,
+            retry_backoff=LEASE,
+        )
+        == State.FAILED
+    )
+    assert is_suppressed(engine, "m1@example.id", "anything")
+    assert not is_suppressed(engine, "m2@example.id", "promo")
+
+
+def test_permanent_failure_and_unknown(engine):
+    add_merchants(engine, 2)
+    enqueue(engine, [new(1), new(2)])
+    a, b = claim(engine, worker="w", limit=2, lease=LEASE)
+    assert (
+        finish(
+            engine,
+            a,
+            Finish("failed", 554, "5.7.1", "rejected"),
+            max_attempts=6,
+            retry_backoff=LEASE,
+        )
+        == State.FAILED
+    )
+    assert mark_committing(engine, b)
+    assert (
+        finish(
+            engine,
+            b,
+            Finish("unknown", None, None, "connection dropped after the body"),
+            max_attempts=6,
+            retry_backoff=LEASE,
+        )
+        == State.UNKNOWN
+    )
+    assert states(engine) == {"failed": 1, "unknown": 1}
+    assert not is_suppressed(engine, "m1@example.id", "promo")  # 5.7.1 is not a bad mailbox
+
+
+def test_release_gives_claims_back(engine):
+    add_merchants(engine, 2)
+    enqueue(engine, [new(1), new(2)])
+    claimed = claim(engine, worker="w", limit=2, lease=LEASE)
+    assert release(engine, claimed) == 2
+    assert states(engine) == {"queued": 2}
+
+
+@pytest.mark.slow
+def test_concurrent_claimers_never_share_a_message(engine):
+    total = 300
+    add_merchants(engine, total)
+    enqueue(engine, [new(i) for i in range(1, total + 1)])
+    seen: list[str] = []
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    def work(name: str) -> None:
+        try:
+            while True:
+                claimed = claim(engine, worker=name, limit=7, lease=LEASE)
+                if not claimed:
+                    return
+                for c in claimed:
+                    assert mark_committing(engine, c)
+                    finish(engine, c, Finish("sent", 250), max_attempts=3, retry_backoff=LEASE)
+                with lock:
+                    seen.extend(c.key for c in claimed)
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(f"w{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert len(seen) == total == len(set(seen))
+    assert states(engine) == {"sent": total}
