@@ -388,7 +388,7 @@ def run_demo(
 
 
 def _show_examples(project, summary: DemoSummary, now: datetime) -> None:
-    """Dry-run every example campaign; before campaigns exist, count every segment."""
+    """Count every segment and dry-run every example campaign (changing nothing)."""
     settings = project.settings
     if not settings.segments_dir.is_dir():
         summary.notes.append(
@@ -403,3 +403,31 @@ def _show_examples(project, summary: DemoSummary, now: datetime) -> None:
         for name in sorted(segments)
     ]
     summary.sections.append(("Segments", ("segment", "description", "merchants"), rows))
+    if not settings.campaigns_dir.is_dir():
+        return
+    from engine.campaigns import load_campaigns
+    from engine.sending import dry_run_campaign
+
+    campaigns = load_campaigns(settings, segments)
+    rows = []
+    samples = []
+    for name in sorted(campaigns):
+        report = dry_run_campaign(project, name, now=now)
+        skipped = ", ".join(f"{k} {v}" for k, v in sorted(report.skipped.items()) if v) or "-"
+        what = "step 1" if campaigns[name].kind == "drip" else "broadcast"
+        rows.append(
+            (name, what, campaigns[name].segment, report.audience, report.would_send, skipped)
+        )
+        samples.extend((name, m["email"], m["subject"]) for m in report.messages[:2])
+    summary.sections.append(
+        (
+            "Dry run of every campaign (nothing sent, nothing written)",
+            ("campaign", "sends", "segment", "audience", "would send", "skipped"),
+            rows,
+        )
+    )
+    summary.sections.append(("A few of the messages", ("campaign", "to", "subject"), samples))
+    summary.notes.append(
+        "Next: `campaign render CAMPAIGN --merchant ID --out out/` to see one message, "
+        "`campaign send CAMPAIGN --dry-run --out out/` for all of them as .eml files."
+    )

@@ -4,8 +4,9 @@ The audience is read from the segment in id-ordered batches. Each batch loses,
 with a reason that the report shows: invalid addresses, the holdout group,
 suppressed addresses (the campaign's topic or all), merchants this run already
 reached, and (for non-exempt topics) merchants at the frequency cap. The rest is
-rendered in one ``render_batch`` call per batch, in this thread, while the
-sender threads (``engine.delivery``) drain the outbox. A dry run does every step
+rendered in one ``render_batch`` call per batch (in this thread, or in child
+processes for large sends on machines with cores to spare) while the sender
+threads (``engine.delivery``) drain the outbox. A dry run does every step
 except the outbox writes and the network: it opens no socket and changes no row.
 """
 
@@ -96,13 +97,14 @@ class SendReport:
             "skipped": {reason: self.skipped.get(reason, 0) for reason in SKIP_REASONS},
             "messages": self.messages,
         }
-        data.update(kind=self.kind, step=self.step, run=self.run, dry_run=self.dry_run)
+        data.update(
+            kind=self.kind, step=self.step, run=self.run, dry_run=self.dry_run, pending=self.pending
+        )
         if self.render_errors:
             data["render_errors"] = self.render_errors
         if not self.dry_run:
             data.update(
                 enqueued=self.enqueued,
-                pending=self.pending,
                 states=self.states,
                 server_down=self.server_down,
             )
@@ -121,6 +123,9 @@ class _Plan:
     template: str
     condition: sa.ColumnElement[bool]
     builder: Any
+    # Keys of this run/step still waiting in the outbox when the send began: the
+    # delivery pass resumes them; the audience loop neither renders nor skips them.
+    resumed: frozenset[str] = frozenset()
 
     @property
     def sender(self) -> str:
@@ -239,6 +244,10 @@ def send_campaign(
             raise DeliveryError(
                 "CAMPAIGN_SECRET_KEY is not set: a real send needs it to sign unsubscribe links"
             )
+        if transport_factory is None:
+            from engine.delivery import default_transport_factory
+
+            transport_factory = default_transport_factory(settings)  # no SMTP URL: stop here
         engine = project.database()
     plan = _plan(settings, name, now=now, run=run, step=step, sending=not dry_run)
     campaign = plan.campaign
@@ -253,13 +262,13 @@ def send_campaign(
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
 
+    with engine.connect() as conn:
+        plan.resumed = _waiting_keys(conn, plan)
+    report.pending = len(plan.resumed)
     delivery = None
     if not dry_run:
-        from engine.delivery import Delivery, default_transport_factory
+        from engine.delivery import Delivery
 
-        factory = transport_factory or default_transport_factory(
-            settings
-        )  # fails early without SMTP
         finished = [0]
 
         def on_result(_state: str) -> None:
@@ -271,7 +280,7 @@ def send_campaign(
             engine,
             settings,
             campaign=campaign.name,
-            transport_factory=factory,
+            transport_factory=transport_factory,
             wait_retries=wait_retries,
             on_result=on_result,
             server_patience=server_patience,
@@ -501,7 +510,9 @@ def _start_pool(
     if workers is None:
         if total < POOL_THRESHOLD or limit is not None:
             return None
-        workers = min(4, (os.cpu_count() or 1) - 1)
+        # One core for this process (outbox and SMTP), one for the database and
+        # the rest of the machine; renderers only on the cores beyond that.
+        workers = min(4, (os.cpu_count() or 1) - 2)
     if workers < 1:
         return None
     context = multiprocessing.get_context("spawn")
@@ -623,21 +634,32 @@ def _filter(
         now,
     )
     candidates: list[Mapping[str, Any]] = []
-    waiting = {str(s) for s in (*PENDING, *IN_FLIGHT)}
     for row, email in valid:
-        state = known.get(keys[row["id"]])
+        key = keys[row["id"]]
+        state = known.get(key)
+        if key in plan.resumed:
+            continue  # counted in report.pending; suppression is checked again at claim time
         if email in suppressed:
             report.skipped["suppressed"] += 1
         elif state is not None:
-            if state in waiting:
-                report.pending += 1  # queued earlier in this run: the delivery pass resumes it
-            else:
-                report.skipped["already_sent"] += 1
+            report.skipped["already_sent"] += 1
         elif row["id"] in capped:
             report.skipped["frequency_cap"] += 1
         else:
             candidates.append(row)
     return candidates, holdout
+
+
+def _waiting_keys(conn: Connection, plan: _Plan) -> frozenset[str]:
+    query = sa.select(messages.c.key).where(
+        messages.c.campaign == plan.campaign.name,
+        messages.c.state.in_([str(s) for s in (*PENDING, *IN_FLIGHT)]),
+    )
+    if plan.run is not None:
+        query = query.where(messages.c.run == plan.run)
+    else:
+        query = query.where(messages.c.step == plan.step)
+    return frozenset(conn.execute(query).scalars())
 
 
 def dry_run_campaign(
@@ -667,8 +689,8 @@ def retry_unknown(
     from engine.delivery import Delivery, default_transport_factory
 
     settings = project.settings
-    engine = project.database()
     factory = transport_factory or default_transport_factory(settings)
+    engine = project.database()
     report = SendReport(campaign=name, kind="retry", dry_run=False)
     report.would_send = requeue_unknown(engine, name)
     done = [0]

@@ -497,7 +497,6 @@ class _TextConverter(HTMLParser):
         self.out: list[str] = []
         self.skip: list[str] = []  # stack of tags whose content is skipped
         self.links: list[tuple[str | None, int]] = []
-        self.stack: list[str] = []
         self.lists: list[dict | None] = []  # open lists: <ol> item markers, None for <ul>
 
     def _keep_statements(self, text: str | None) -> None:
@@ -543,8 +542,6 @@ class _TextConverter(HTMLParser):
             self.out.append(attributes["alt"] or "")
         elif tag == "a":
             self.links.append((attributes.get("href"), len(self.out)))
-        if tag not in _VOID_TAGS:
-            self.stack.append(tag)
 
     def handle_endtag(self, tag: str) -> None:
         if self.skip:
@@ -656,11 +653,9 @@ class EmailTemplate:
         protected = _Protected(flat)
         try:
             inlined_protected = inline_css(protected.text)
-            inlined = protected.restore(inlined_protected, path=path)
-        except TemplateError:
-            raise
         except Exception as exc:  # premailer/cssutils refuse broken CSS in many ways
             raise TemplateError(path, None, f"the CSS cannot be inlined: {exc}") from None
+        inlined = protected.restore(inlined_protected, path=path)
         self.inlined_source = inlined.lstrip()
         self.html = self._compile_prepared(env, self.inlined_source)
         text_path = self._text_path()

@@ -208,7 +208,23 @@ WINDOWS = ("1d", "2d", "7d", "14d", "30d", "12h", "1w")
 TEXTS = ("pro", "basic", "free", "Jakarta", "jakarta", INJECTION, "", "Toko Batik")
 SUBSTRINGS = ("ak", "pro", "'", "DROP", "x')", "Jak", "")
 # Repeats make matches likelier: a value equal to a rule's value is the interesting case.
-JSON_VALUES = ("gold", "gold", "Gold", "5", 5, 5, 5.5, 0, -1, True, True, False, None, [1, 2], {"a": 1})
+JSON_VALUES = (
+    "gold",
+    "gold",
+    "Gold",
+    "5",
+    5,
+    5,
+    5.5,
+    0,
+    -1,
+    True,
+    True,
+    False,
+    None,
+    [1, 2],
+    {"a": 1},
+)
 JSON_SCALARS = ("gold", "Gold", "5", 5, 5.5, 0, -1, True, False)
 JSON_KEYS = ("tier", "flag")
 
@@ -315,9 +331,9 @@ JSON_OPS = st.one_of(
 )
 METRIC_VALUES = {
     "revenue": (0, 1, 100, 250000, 1000000, 1250000),
-    "orders": (0, 1, 2, 3),
+    "orders": (0, 1, 1.5, 2, 3),
     "aov": (0, 1, 100, 250000, 500000),
-    "activity": (0, 1, 2),
+    "activity": (0, 1, 2, 0.5),
     "revenue_change": (-1, -0.5, 0, 0.5, 1, 3, 2499),
 }
 
@@ -377,7 +393,6 @@ def subtrees(data: dict[str, Any]) -> list[dict[str, Any]]:
     if "not" in data:
         found.extend(subtrees(data["not"]))
     return found
-
 
 
 @settings(

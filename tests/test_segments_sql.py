@@ -8,8 +8,17 @@ from datetime import datetime, timedelta
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
-
 from conftest import write_files
+from test_segments_property import (
+    INJECTION,
+    World,
+    load_world,
+    reference_members,
+    rule_from,
+    segment_set,
+    sql_members,
+)
+
 from engine.cli import cli
 from engine.importer import import_file
 from engine.models import merchants
@@ -19,15 +28,6 @@ from engine.segments import (
     load_segments,
     rule_condition,
     segment_members,
-)
-from test_segments_property import (
-    INJECTION,
-    World,
-    load_world,
-    reference_members,
-    rule_from,
-    segment_set,
-    sql_members,
 )
 
 NOW = datetime(2025, 6, 15, 12, 0, 0)
@@ -45,11 +45,21 @@ def merchant(merchant_id: int, **columns) -> dict:
     }
 
 
-def order(merchant_id: int, ref: str, amount: int, placed_at: datetime, status: str = "paid") -> dict:
-    return {"merchant_id": merchant_id, "order_ref": ref, "amount": amount, "status": status, "placed_at": placed_at}
+def order(
+    merchant_id: int, ref: str, amount: int, placed_at: datetime, status: str = "paid"
+) -> dict:
+    return {
+        "merchant_id": merchant_id,
+        "order_ref": ref,
+        "amount": amount,
+        "status": status,
+        "placed_at": placed_at,
+    }
 
 
-def members(engine, data, world: World | None = None, segments=None, now: datetime = NOW) -> set[int]:
+def members(
+    engine, data, world: World | None = None, segments=None, now: datetime = NOW
+) -> set[int]:
     """SQL members of a rule, checked against the reference evaluator on the way."""
     segments = segments or segment_set({})
     rule = rule_from(data, segments)
@@ -75,7 +85,9 @@ def orders_world(engine) -> World:
             order(3, "r", 1000, NOW - DAY, status="refunded"),
             order(4, "now", 500, NOW - DAY),
             order(4, "earlier", 1000, NOW - 45 * DAY),
-            order(4, "boundary", 0, NOW - 60 * DAY),  # [now-60d, now-30d): inside the earlier window
+            order(
+                4, "boundary", 0, NOW - 60 * DAY
+            ),  # [now-60d, now-30d): inside the earlier window
             order(5, "earlier", 300, NOW - 30 * DAY - SECOND),
         ],
     )
@@ -90,10 +102,20 @@ def test_windows_include_both_ends_and_only_paid_orders(engine, orders_world):
     assert members(engine, {"metric": "revenue", "window": "30d", "eq": 0}, w) == {1, 3, 5}
     assert members(engine, {"metric": "orders", "window": "30d", "eq": 0}, w) == {1, 3, 5}
     assert members(engine, {"metric": "aov", "window": "30d", "eq": 150}, w) == {2}
+    # A fractional bound is not rounded to the column's integer type (PostgreSQL casts).
+    assert members(engine, {"metric": "orders", "window": "30d", "gte": 1.5}, w) == {2}
+    assert members(engine, {"metric": "orders", "window": "30d", "in": [1.5, 2.4]}, w) == set()
+    assert members(
+        engine, {"metric": "revenue", "window": "30d", "between": [299.5, 300.5]}, w
+    ) == {2}
     assert members(engine, {"metric": "aov", "window": "30d", "is_null": True}, w) == {1, 3, 5}
     # aov over no orders is null: it matches neither a comparison nor its negation's opposite.
     assert members(engine, {"metric": "aov", "window": "30d", "lt": 1000000}, w) == {2, 4}
-    assert members(engine, {"not": {"metric": "aov", "window": "30d", "lt": 1000000}}, w) == {1, 3, 5}
+    assert members(engine, {"not": {"metric": "aov", "window": "30d", "lt": 1000000}}, w) == {
+        1,
+        3,
+        5,
+    }
 
 
 def test_revenue_change_against_the_window_before(engine, orders_world):
@@ -103,8 +125,13 @@ def test_revenue_change_against_the_window_before(engine, orders_world):
     assert members(engine, {"metric": "revenue_change", "window": "30d", "eq": -0.5}, w) == {4}
     assert members(engine, {"metric": "revenue_change", "window": "30d", "lt": -0.3}, w) == {4, 5}
     assert members(engine, {"metric": "revenue_change", "window": "30d", "eq": -0.25}, w) == {2}
-    assert members(engine, {"metric": "revenue_change", "window": "30d", "is_null": True}, w) == {1, 3}
-    assert members(engine, {"not": {"metric": "revenue_change", "window": "30d", "gte": -1}}, w) == {1, 3}
+    assert members(engine, {"metric": "revenue_change", "window": "30d", "is_null": True}, w) == {
+        1,
+        3,
+    }
+    assert members(
+        engine, {"not": {"metric": "revenue_change", "window": "30d", "gte": -1}}, w
+    ) == {1, 3}
 
 
 def test_revenue_change_edge_belongs_to_the_current_window(engine):
@@ -119,7 +146,9 @@ def test_revenue_change_edge_belongs_to_the_current_window(engine):
     )
     load_world(engine, world)
     assert members(engine, {"metric": "revenue_change", "window": "1w", "eq": 0}, world) == {1}
-    assert members(engine, {"metric": "revenue_change", "window": "7d", "is_null": True}, world) == {2}
+    assert members(
+        engine, {"metric": "revenue_change", "window": "7d", "is_null": True}, world
+    ) == {2}
 
 
 def test_null_values_match_only_is_null(engine):
@@ -142,14 +171,16 @@ def test_null_values_match_only_is_null(engine):
 
 
 def test_attributes_compare_as_json_values_on_both_backends(engine):
-    values = [5, "5", 5.0, True, 1, "true", None, "gold", "Gold", [5], {"a": 5}]
+    values = [5, "5", 5.0, True, 1, "true", None, "gold", "Gold", [5], {"a": 5}, 5.5]
     world = World(merchants=[merchant(i + 1, attributes={"v": v}) for i, v in enumerate(values)])
     world.merchants.append(merchant(len(values) + 1, attributes={"other": 5}))  # key missing
     load_world(engine, world)
     by_value = {i + 1: v for i, v in enumerate(values)}
 
     def ids(*wanted) -> set[int]:
-        return {i for i, v in by_value.items() if any(v == w and type(v) is type(w) for w in wanted)}
+        return {
+            i for i, v in by_value.items() if any(v == w and type(v) is type(w) for w in wanted)
+        }
 
     assert members(engine, {"field": "attributes.v", "eq": 5}, world) == ids(5, 5.0)
     assert members(engine, {"field": "attributes.v", "eq": "5"}, world) == ids("5")
@@ -158,14 +189,21 @@ def test_attributes_compare_as_json_values_on_both_backends(engine):
     assert members(engine, {"field": "attributes.v", "eq": "gold"}, world) == ids("gold")
     assert members(engine, {"field": "attributes.v", "in": ["5", True]}, world) == ids("5", True)
     # ne / not_in: anything with a value that differs; JSON null and a missing key never match.
-    assert members(engine, {"field": "attributes.v", "ne": 5}, world) == set(by_value) - ids(5, 5.0, None)
+    assert members(engine, {"field": "attributes.v", "ne": 5}, world) == set(by_value) - ids(
+        5, 5.0, None
+    )
     assert members(engine, {"field": "attributes.v", "not_in": [5, "gold"]}, world) == set(
         by_value
     ) - ids(5, 5.0, "gold", None)
-    assert members(engine, {"field": "attributes.v", "gte": 1}, world) == ids(5, 5.0, 1)
-    assert members(engine, {"field": "attributes.v", "contains": "old"}, world) == ids("gold", "Gold")
+    assert members(engine, {"field": "attributes.v", "gte": 1}, world) == ids(5, 5.0, 1, 5.5)
+    assert members(engine, {"field": "attributes.v", "in": [-1, 5.5]}, world) == ids(5.5)
+    assert members(engine, {"field": "attributes.v", "contains": "old"}, world) == ids(
+        "gold", "Gold"
+    )
     assert members(engine, {"field": "attributes.v", "contains": "Go"}, world) == ids("Gold")
-    assert members(engine, {"field": "attributes.v", "is_null": True}, world) == ids(None) | {12}
+    assert members(engine, {"field": "attributes.v", "is_null": True}, world) == ids(None) | {
+        len(values) + 1
+    }
     assert members(engine, {"field": "attributes.missing", "is_null": False}, world) == set()
 
 
@@ -228,8 +266,12 @@ def test_activity_counts_one_kind_in_the_window(engine):
         ],
     )
     load_world(engine, world)
-    assert members(engine, {"metric": "activity", "kind": "login", "window": "7d", "gte": 1}, world) == {1}
-    assert members(engine, {"metric": "activity", "kind": "promo_created", "window": "7d", "eq": 0}, world) == {2}
+    assert members(
+        engine, {"metric": "activity", "kind": "login", "window": "7d", "gte": 1}, world
+    ) == {1}
+    assert members(
+        engine, {"metric": "activity", "kind": "promo_created", "window": "7d", "eq": 0}, world
+    ) == {2}
 
 
 def test_segments_inline_their_references(engine, project_dir):
@@ -256,12 +298,18 @@ def test_segments_inline_their_references(engine, project_dir):
     assert count_segment(engine, segments, "sellers", now=NOW) == 1
     assert count_segment(engine, segments, "tests", now=NOW) == 2
     assert [m["id"] for m in segment_members(engine, segments, "sellers", now=NOW)] == [1]
-    assert [m["external_id"] for m in segment_members(engine, segments, "tests", now=NOW, limit=1)] == ["m2"]
+    assert [
+        m["external_id"] for m in segment_members(engine, segments, "tests", now=NOW, limit=1)
+    ] == ["m2"]
     # Usable as a cursor-paged condition, as the sender does.
     cond = rule_condition(segments["tests"].rule, now=NOW, segments=segments)
     with engine.connect() as conn:
         page = conn.execute(
-            sa.select(merchants.c.id).where(cond).where(merchants.c.id > 2).order_by(merchants.c.id).limit(10)
+            sa.select(merchants.c.id)
+            .where(cond)
+            .where(merchants.c.id > 2)
+            .order_by(merchants.c.id)
+            .limit(10)
         ).scalars()
         assert list(page) == [3]
     explanation = explain_segment(engine, segments, "sellers", now=NOW)
@@ -337,5 +385,8 @@ def test_segment_commands_report_mistakes_in_one_sentence(cli_project, project_e
     (cli_project / "segments" / "bad.yaml").write_text("rules:\n  field: plan\n  before: 3d\n")
     result = run(project_env, "segment", "list", *base)
     assert result.exit_code == 1
-    assert f"{cli_project / 'segments' / 'bad.yaml'}:3: operator 'before' does not fit" in result.output
+    assert (
+        f"{cli_project / 'segments' / 'bad.yaml'}:3: operator 'before' does not fit"
+        in result.output
+    )
     assert "Traceback" not in result.output

@@ -1,8 +1,7 @@
 """The ``campaign`` command line: a thin click shell over the ``engine`` library."""
 
-from engine.cli.main import cli, main
-
 # Each module registers its commands on ``cli``.
-from engine.cli import data, delivery, messages, segments  # noqa: E402, F401, I001
+from engine.cli import data, delivery, messages, segments  # noqa: F401
+from engine.cli.main import cli, main
 
 __all__ = ["cli", "main"]

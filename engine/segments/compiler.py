@@ -14,19 +14,24 @@ Meaning (SPEC 4), as implemented here:
   ``(current - earlier) / earlier`` and is null when ``earlier`` is 0.
 - ``before: X`` is ``value < X``, ``after: X`` is ``value > X`` (strict);
   ``within: N`` is ``now - N <= value <= now``.
-- A null value matches only ``is_null: true``: every leaf is two-valued, so
-  ``not`` of a leaf over a null matches. ``not`` is pushed down to the leaves,
-  where a leaf that may be NULL is negated as ``COALESCE(NOT leaf, TRUE)``.
+- ``orders``/``activity`` compared with "at least one" or "none" become ``EXISTS``
+  (same answer, and the scan stops at the first row).
+- A null value matches only ``is_null: true``: every leaf is two-valued (a leaf
+  that could be NULL is ``COALESCE(leaf, FALSE)``), so ``not`` of a leaf over a
+  null matches, and the whole condition is never NULL. ``not`` is pushed down
+  to the leaves (De Morgan), which keeps the WHERE clause a plain AND/OR tree.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
 
 from engine.errors import SegmentError
 from engine.models import activities, merchants, orders
@@ -42,7 +47,14 @@ from engine.segments.rules import (
     Rule,
     SegmentRef,
 )
-from engine.segments.sqlfuncs import json_bool, json_number, json_raw, json_text, text_contains
+from engine.segments.sqlfuncs import (
+    by_dialect,
+    json_bool,
+    json_number,
+    json_raw,
+    json_text,
+    text_contains,
+)
 
 
 @dataclass(frozen=True)
@@ -53,10 +65,15 @@ class _Sql:
     nullable: bool
 
 
-def _definite_not(part: _Sql) -> _Sql:
+def _definite(part: _Sql) -> _Sql:
+    """A leaf that may be NULL made FALSE instead, so it can be negated and never NULL.
+
+    Done per leaf, not around the whole condition: SQLite short-circuits AND/OR
+    only at the top of a WHERE clause, not inside a function such as COALESCE.
+    """
     if part.nullable:
-        return _Sql(sa.func.coalesce(sa.not_(part.cond), sa.true()), False)
-    return _Sql(sa.not_(part.cond), False)
+        return _Sql(sa.func.coalesce(part.cond, sa.false()), False)
+    return part
 
 
 def _combine(parts: list[_Sql], conjunction: bool) -> _Sql:
@@ -133,11 +150,76 @@ def metric_expression(
     return query.scalar_subquery()
 
 
+def _presence(check: Check) -> bool | None:
+    """For a count: True when the check means "at least one", False for "none", else None."""
+    op, value = check.op, check.value
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return None
+    if (
+        (op == "gte" and 0 < value <= 1)
+        or (op == "gt" and 0 <= value < 1)
+        or (op, value) == ("ne", 0)
+    ):
+        return True
+    if (
+        (op == "lte" and 0 <= value < 1)
+        or (op == "lt" and 0 < value <= 1)
+        or (op, value) == ("eq", 0)
+    ):
+        return False
+    return None
+
+
+def metric_exists(
+    metric: str, window: timedelta, now: datetime, kind: str | None = None
+) -> sa.ColumnElement[bool]:
+    """EXISTS a paid order (or an activity of ``kind``) in the window: stops at the first row."""
+    low = now - window
+    if metric == "orders":
+        return sa.select(orders.c.merchant_id).where(*_paid(low, now)).exists()
+    return (
+        sa.select(activities.c.merchant_id)
+        .where(
+            activities.c.merchant_id == merchants.c.id,
+            activities.c.kind == kind,
+            activities.c.occurred_at >= low,
+            activities.c.occurred_at <= now,
+        )
+        .exists()
+    )
+
+
 # --- leaves -----------------------------------------------------------------------------
 
 
+def _bind(value: Any) -> sa.ColumnElement[Any]:
+    """A bound parameter typed by its own value, not by the column it meets.
+
+    Otherwise PostgreSQL would be sent ``2.5::INTEGER`` for ``orders >= 2.5``
+    (the column's type), and round it.
+    """
+    if isinstance(value, bool):
+        return sa.literal(int(value), sa.Integer())
+    if isinstance(value, int):
+        return sa.literal(value, sa.BigInteger())
+    if isinstance(value, float):
+        return sa.literal(value, sa.Float())
+    if isinstance(value, datetime):
+        return sa.literal(value, sa.DateTime())
+    return sa.literal(value, sa.String())
+
+
 def _compare(expr: sa.ColumnElement[Any], check: Check, now: datetime) -> sa.ColumnElement[bool]:
-    op, value = check.op, check.value
+    op = check.op
+    value = check.value
+    if op in ("in", "not_in", "between"):
+        value = [_bind(v) for v in value]
+    elif op in ("before", "after"):
+        value = _bind(now - value if isinstance(value, timedelta) else value)
+    elif op == "within":
+        value = _bind(now - value)
+    else:
+        value = _bind(value)
     if op == "eq":
         return expr == value
     if op == "ne":
@@ -151,18 +233,19 @@ def _compare(expr: sa.ColumnElement[Any], check: Check, now: datetime) -> sa.Col
     if op == "gte":
         return expr >= value
     if op == "in":
-        return expr.in_(list(value))
+        return expr.in_(value)
     if op == "not_in":
-        return expr.not_in(list(value))
+        return expr.not_in(value)
     if op == "between":
         return expr.between(value[0], value[1])
     if op == "contains":
-        return text_contains(expr, sa.literal(value, sa.String()))
-    if op in ("before", "after"):
-        when = now - value if isinstance(value, timedelta) else value
-        return expr < when if op == "before" else expr > when
+        return text_contains(expr, value)
+    if op == "before":
+        return expr < value
+    if op == "after":
+        return expr > value
     if op == "within":
-        return sa.and_(expr >= now - value, expr <= now)
+        return sa.and_(expr >= value, expr <= _bind(now))
     raise ValueError(f"unknown operator {op!r}")  # pragma: no cover
 
 
@@ -173,17 +256,35 @@ def _scalar_test(expr: sa.ColumnElement[Any], nullable: bool, check: Check, now:
 
 
 def _typed(key: sa.ColumnElement[str], value: Any) -> tuple[sa.ColumnElement[Any], Any]:
-    """The attribute read as the JSON type of ``value``, and ``value`` to compare with."""
+    """SQLite: the attribute read as the JSON type of ``value``, and ``value`` to compare with."""
     column = merchants.c.attributes
     if isinstance(value, bool):
-        return json_bool(column, key), int(value)
+        return json_bool(column, key), _bind(value)
     if isinstance(value, int | float):
-        return json_number(column, key), value
-    return json_raw(column, key), value
+        return json_number(column, key), _bind(value)
+    return json_text(column, key), _bind(value)
 
 
-def _json_in(key: sa.ColumnElement[str], values: tuple) -> sa.ColumnElement[bool]:
+def _jsonb(key: str) -> sa.ColumnElement[Any]:
+    """PostgreSQL: ``attributes -> key`` (JSONB, compared with JSONB values)."""
+    return merchants.c.attributes[key]
+
+
+def _jsonb_value(value: Any) -> sa.ColumnElement[Any]:
+    """PostgreSQL: ``value`` as a JSONB bound parameter (JSONB equality checks type and value)."""
+    return sa.cast(sa.literal(json.dumps(value), sa.String()), JSONB())
+
+
+def _json_equals(name: str, value: Any) -> sa.ColumnElement[bool]:
+    """The attribute equals ``value`` as a JSON value (NULL when the key is missing)."""
+    key = sa.literal(name, sa.String())
+    typed, bound = _typed(key, value)
+    return by_dialect(typed == bound, _jsonb(name) == _jsonb_value(value))
+
+
+def _json_in(name: str, values: tuple) -> sa.ColumnElement[bool]:
     """Two-valued: the attribute equals (as JSON) one of ``values``."""
+    key = sa.literal(name, sa.String())
     groups: dict[str, list[Any]] = {}
     for value in values:
         kind = "bool" if isinstance(value, bool) else "str" if isinstance(value, str) else "num"
@@ -193,27 +294,26 @@ def _json_in(key: sa.ColumnElement[str], values: tuple) -> sa.ColumnElement[bool
         expr, _ = _typed(key, items[0])
         bound = [_typed(key, v)[1] for v in items]
         parts.append(sa.func.coalesce(expr.in_(bound), sa.false()))
-    return sa.or_(*parts)
+    postgresql = sa.func.coalesce(_jsonb(name).in_([_jsonb_value(v) for v in values]), sa.false())
+    return by_dialect(sa.or_(*parts), postgresql)
 
 
-def _json_test(name: str, check: Check, now: datetime) -> _Sql:
-    key = sa.literal(name.partition(".")[2], sa.String())
+def _json_test(field: str, check: Check, now: datetime) -> _Sql:
+    name = field.partition(".")[2]
+    key = sa.literal(name, sa.String())
     raw = json_raw(merchants.c.attributes, key)
     op, value = check.op, check.value
     if op == "is_null":
         return _Sql(raw.is_(None) if value else raw.is_not(None), False)
     if op == "eq":
-        expr, bound = _typed(key, value)
-        return _Sql(expr == bound, True)
+        return _Sql(_json_equals(name, value), True)
     if op == "ne":
-        expr, bound = _typed(key, value)
-        return _Sql(
-            sa.and_(raw.is_not(None), sa.func.coalesce(expr != bound, sa.true())), False
-        )
+        equals = sa.func.coalesce(_json_equals(name, value), sa.false())
+        return _Sql(sa.and_(raw.is_not(None), sa.not_(equals)), False)
     if op == "in":
-        return _Sql(_json_in(key, value), False)
+        return _Sql(_json_in(name, value), False)
     if op == "not_in":
-        return _Sql(sa.and_(raw.is_not(None), sa.not_(_json_in(key, value))), False)
+        return _Sql(sa.and_(raw.is_not(None), sa.not_(_json_in(name, value))), False)
     if op == "contains":
         return _Sql(_compare(json_text(merchants.c.attributes, key), check, now), True)
     # lt, lte, gt, gte, between: numbers only.
@@ -255,15 +355,26 @@ class _Compiler:
             return self.segment(rule, negate, stack)
         if isinstance(rule, FieldRule):
             parts = [self.field_test(rule, check) for check in rule.checks]
+        elif isinstance(rule, MetricRule) and (presence := self.presence(rule)) is not None:
+            # "orders >= 1", "activity = 0": EXISTS stops at the first row instead of counting.
+            exists = metric_exists(rule.metric, rule.window, self.now, rule.kind)
+            return _Sql(exists if presence != negate else sa.not_(exists), False)
         elif isinstance(rule, MetricRule):
             expr = metric_expression(rule.metric, rule.window, self.now, rule.kind)
             nullable = rule.metric in NULLABLE_METRICS
             parts = [_scalar_test(expr, nullable, check, self.now) for check in rule.checks]
         else:  # pragma: no cover
             raise TypeError(f"not a rule: {rule!r}")
+        parts = [_definite(p) for p in parts]
         if negate:
-            return _combine([_definite_not(p) for p in parts], conjunction=False)
+            return _combine([_Sql(sa.not_(p.cond), False) for p in parts], conjunction=False)
         return _combine(parts, conjunction=True)
+
+    @staticmethod
+    def presence(rule: MetricRule) -> bool | None:
+        if rule.metric not in ("orders", "activity") or len(rule.checks) != 1:
+            return None
+        return _presence(rule.checks[0])
 
     def field_test(self, rule: FieldRule, check: Check) -> _Sql:
         if rule.type == JSON:
@@ -276,10 +387,14 @@ class _Compiler:
         path = getattr(segment, "path", None) or "segments"
         if segment is None:
             known = ", ".join(sorted(self.segments)) or "none"
-            raise SegmentError(path, ref.line or None, f"no segment named {ref.name!r} (segments: {known})")
+            raise SegmentError(
+                path, ref.line or None, f"no segment named {ref.name!r} (segments: {known})"
+            )
         if ref.name in stack:
             chain = " → ".join([*stack, ref.name])
-            raise SegmentError(path, ref.line or None, f"segments refer to each other in a cycle: {chain}")
+            raise SegmentError(
+                path, ref.line or None, f"segments refer to each other in a cycle: {chain}"
+            )
         return self.compile(segment.rule, negate, (*stack, ref.name))
 
 
@@ -291,7 +406,4 @@ def rule_condition(
     Never NULL, so callers may negate it or combine it freely. ``now`` is naive UTC.
     Referenced segments are inlined from ``segments``.
     """
-    result = _Compiler(now, segments).compile(rule, False, ())
-    if result.nullable:
-        return sa.func.coalesce(result.cond, sa.false())
-    return result.cond
+    return _Compiler(now, segments).compile(rule, False, ()).cond

@@ -53,7 +53,11 @@ class SegmentSet(Mapping[str, Segment]):
         """The segment ``name``, or a ``SegmentError`` listing the segments there are."""
         if name not in self._segments:
             known = ", ".join(self._segments) or "none"
-            raise SegmentError(self.directory or Path("segments"), None, f"no segment named {name!r} (segments: {known})")
+            raise SegmentError(
+                self.directory or Path("segments"),
+                None,
+                f"no segment named {name!r} (segments: {known})",
+            )
         return self._segments[name]
 
 
@@ -166,7 +170,9 @@ def members_statement(
     return query.limit(limit) if limit is not None else query
 
 
-def count_segment(engine: Engine, segments: Mapping[str, Segment], name: str, *, now: datetime) -> int:
+def count_segment(
+    engine: Engine, segments: Mapping[str, Segment], name: str, *, now: datetime
+) -> int:
     """How many merchants are in segment ``name`` at ``now`` (one query)."""
     with engine.connect() as conn:
         return int(conn.execute(count_statement(segments, name, now=now)).scalar_one())

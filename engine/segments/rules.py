@@ -40,9 +40,7 @@ def _column_type(column: sa.Column) -> str | None:
 
 
 FIELD_TYPES: dict[str, str] = {
-    name: kind
-    for name in MERCHANT_COLUMNS
-    if (kind := _column_type(merchants.c[name])) is not None
+    name: kind for name in MERCHANT_COLUMNS if (kind := _column_type(merchants.c[name])) is not None
 }
 """Every merchant column a rule may name, with its type (``attributes.KEY`` is JSON)."""
 
@@ -247,7 +245,9 @@ class _RuleParser:
         if groups:
             return self.group(loc, groups[0])
         if len(leaves) > 1:
-            self.fail(line, f"a rule has one of field, metric or segment, not {' and '.join(leaves)}")
+            self.fail(
+                line, f"a rule has one of field, metric or segment, not {' and '.join(leaves)}"
+            )
             return None
         if not leaves:
             unknown = next(iter(value))
@@ -310,9 +310,7 @@ class _RuleParser:
             hint = ""
             if isinstance(name, str) and name.startswith("attributes."):
                 hint = " (attribute keys use letters, digits and _)"
-            self.fail(
-                where, f"unknown field {name!r}{hint}; valid fields: {valid_fields_text()}"
-            )
+            self.fail(where, f"unknown field {name!r}{hint}; valid fields: {valid_fields_text()}")
             return None
         ops = {k: v for k, v in value.items() if k != "field"}
         checks = self.checks(loc, ops, kind, f"field {name!r}", allowed_extra=())
@@ -347,7 +345,8 @@ class _RuleParser:
                 ok = False
         elif "kind" in value:
             self.fail(
-                self.doc.key_line((*loc, "kind")), f"'kind' only goes with metric 'activity', not {name!r}"
+                self.doc.key_line((*loc, "kind")),
+                f"'kind' only goes with metric 'activity', not {name!r}",
             )
             ok = False
         ops = {k: v for k, v in value.items() if k not in ("metric", "window", "kind")}
@@ -417,7 +416,11 @@ def _lower_email(check: Check) -> Check:
 def _scalar(kind: str, value: Any) -> Any:
     if kind == TEXT:
         if not isinstance(value, str):
-            hint = " (put it in quotes)" if value is not None and not isinstance(value, list | dict) else ""
+            hint = (
+                " (put it in quotes)"
+                if value is not None and not isinstance(value, list | dict)
+                else ""
+            )
             raise _Invalid(f"expected text, found {_describe(value)}{hint}")
         return value
     if kind == NUMBER:

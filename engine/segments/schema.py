@@ -116,7 +116,9 @@ def rule_schema() -> dict[str, Any]:
         "all": {"properties": {"all": {**group_items, "description": "every rule matches"}}},
         "any": {"properties": {"any": {**group_items, "description": "at least one rule matches"}}},
         "not": {
-            "properties": {"not": {"$ref": "#/definitions/rule", "description": "the rule does not match"}}
+            "properties": {
+                "not": {"$ref": "#/definitions/rule", "description": "the rule does not match"}
+            }
         },
     }
     definitions: dict[str, Any] = {"duration": _DURATION, "when": _WHEN}

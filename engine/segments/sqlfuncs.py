@@ -140,11 +140,29 @@ def _contains_pg(element, compiler, **kw):
     return f"(strpos({haystack}, {needle}) > 0)"
 
 
+class by_dialect(FunctionElement):
+    """One condition written twice, (SQLite form, PostgreSQL form); each backend renders its own."""
+
+    type = sa.Boolean()
+    inherit_cache = True
+
+
+@compiles(by_dialect, "sqlite")
+def _by_dialect_sqlite(element, compiler, **kw):
+    return f"({compiler.process(element.clauses.clauses[0], **kw)})"
+
+
+@compiles(by_dialect, "postgresql")
+def _by_dialect_pg(element, compiler, **kw):
+    return f"({compiler.process(element.clauses.clauses[1], **kw)})"
+
+
 @compiles(json_raw)
 @compiles(json_text)
 @compiles(json_number)
 @compiles(json_bool)
 @compiles(text_contains)
+@compiles(by_dialect)
 def _unsupported(element, compiler, **kw):
     raise sa.exc.CompileError(
         f"segments support SQLite and PostgreSQL, not {compiler.dialect.name}"
