@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 import re
 import secrets
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -107,6 +108,17 @@ def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
 
 
+_WRITER_LOCKS: dict[str, threading.RLock] = {}
+_WRITER_LOCKS_GUARD = threading.Lock()
+
+
+def _sqlite_writer_lock(engine: Engine) -> threading.RLock:
+    """One lock per SQLite file in this process (re-entrant: a writer may nest)."""
+    key = str(engine.url.database)
+    with _WRITER_LOCKS_GUARD:
+        return _WRITER_LOCKS.setdefault(key, threading.RLock())
+
+
 @contextmanager
 def write_transaction(engine: Engine) -> Iterator[Connection]:
     """A short write transaction; ``BEGIN IMMEDIATE`` on SQLite.
@@ -120,7 +132,11 @@ def write_transaction(engine: Engine) -> Iterator[Connection]:
         with engine.begin() as conn:
             yield conn
         return
-    with engine.connect() as conn:
+    # Threads of this process queue on a mutex rather than in SQLite's busy
+    # handler, which sleeps in steps of milliseconds: with several sender threads
+    # that sleeping, not the writes, was most of the time per message. Other
+    # processes still wait in the busy handler (busy_timeout).
+    with _sqlite_writer_lock(engine), engine.connect() as conn:
         dbapi = conn.connection.dbapi_connection
         previous = dbapi.isolation_level
         dbapi.isolation_level = None

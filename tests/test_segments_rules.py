@@ -132,6 +132,7 @@ rules:
         ),
         ("rules:\n  field: plan\n  eq: 5\n", 3, ["expected text, found the number 5", "quotes"]),
         ("rules:\n  field: plan\n  in: []\n", 3, ["non-empty list"]),
+        ("rules:\n  field: plan\n  eq: null\n", 3, ["found nothing", "use is_null: true"]),
         (
             "rules:\n  metric: revenue\n  window: 7d\n  between: [5, 1]\n",
             4,

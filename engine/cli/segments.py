@@ -154,9 +154,10 @@ def schema() -> None:
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="Write to this file instead of standard output.",
+    help="Write to this file (relative to the project folder) instead of standard output.",
 )
-def schema_segment(out: Path | None) -> None:
+@project_option
+def schema_segment(out: Path | None, project_dir: Path) -> None:
     """The JSON Schema of segments/*.yaml.
 
     Point your editor at it, e.g. with the YAML extension in VS Code:
@@ -166,5 +167,6 @@ def schema_segment(out: Path | None) -> None:
     if out is None:
         click.echo(text, nl=False)
     else:
+        out = out if out.is_absolute() else project_dir / out
         out.write_text(text, encoding="utf-8")
         click.echo(f"Wrote {out}.")

@@ -414,13 +414,13 @@ def _lower_email(check: Check) -> Check:
 
 
 def _scalar(kind: str, value: Any) -> Any:
+    if value is None:
+        raise _Invalid(
+            "expected a value, found nothing (to match a missing value, use is_null: true)"
+        )
     if kind == TEXT:
         if not isinstance(value, str):
-            hint = (
-                " (put it in quotes)"
-                if value is not None and not isinstance(value, list | dict)
-                else ""
-            )
+            hint = " (put it in quotes)" if not isinstance(value, list | dict) else ""
             raise _Invalid(f"expected text, found {_describe(value)}{hint}")
         return value
     if kind == NUMBER:
