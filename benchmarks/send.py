@@ -125,7 +125,9 @@ def main(argv: list[str] | None = None) -> None:
         project.close()
 
     with start_sink() as sink:
-        synthetic = smtplib_baseline(sink.host, sink.port, build_messages(args.count), args.connections)
+        synthetic = smtplib_baseline(
+            sink.host, sink.port, build_messages(args.count), args.connections
+        )
         sink.stop()
     with start_sink() as sink:
         same = smtplib_baseline(sink.host, sink.port, built, args.connections)

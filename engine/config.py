@@ -377,7 +377,9 @@ def load_settings(project_dir: Path | str = ".", env: Mapping[str, str] | None =
         _database_url(raw_db, project_dir) if raw_db else f"sqlite:///{project_dir / 'campaign.db'}"
     )
     smtp = parse_smtp_url(env["CAMPAIGN_SMTP_URL"]) if env.get("CAMPAIGN_SMTP_URL") else None
-    if smtp is not None and (env.get("CAMPAIGN_SMTP_USERNAME") or env.get("CAMPAIGN_SMTP_PASSWORD")):
+    if smtp is not None and (
+        env.get("CAMPAIGN_SMTP_USERNAME") or env.get("CAMPAIGN_SMTP_PASSWORD")
+    ):
         # Credentials kept apart from the URL (e.g. in a secret store) win over the URL's.
         smtp = replace(
             smtp,

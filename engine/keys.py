@@ -10,6 +10,8 @@ def step_part(step: int | None = None, run: str | None = None) -> str:
     return f"step-{step}" if step is not None else f"run-{run}"
 
 
-def message_key(campaign: str, merchant_id: int, *, step: int | None = None, run: str | None = None) -> str:
+def message_key(
+    campaign: str, merchant_id: int, *, step: int | None = None, run: str | None = None
+) -> str:
     """``winback/step-2/m-42`` or ``promo-1212/run-2026-12-12T02:00/m-42``."""
     return f"{campaign}/{step_part(step, run)}/m-{merchant_id}"

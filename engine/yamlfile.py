@@ -49,7 +49,9 @@ def _build(node: yaml.Node, loc: Path_, doc: YamlDocument) -> Any:
             key = _build(key_node, (*loc, "<key>"), doc)
             doc.lines.pop((*loc, "<key>"), None)
             if not isinstance(key, str | int | float | bool) or key is None:
-                raise YamlSyntaxError(key_node.start_mark.line + 1, "mapping keys must be plain names")
+                raise YamlSyntaxError(
+                    key_node.start_mark.line + 1, "mapping keys must be plain names"
+                )
             if key in result:
                 raise YamlSyntaxError(key_node.start_mark.line + 1, f"duplicate key {key!r}")
             doc.key_lines[(*loc, key)] = key_node.start_mark.line + 1
@@ -78,7 +80,9 @@ def parse_yaml(text: str, path: Path | str = "<string>") -> YamlDocument:
         doc.data = _build(node, (), doc)
     except yaml.constructor.ConstructorError as exc:
         mark = exc.problem_mark
-        raise YamlSyntaxError(mark.line + 1 if mark else None, f"not valid YAML: {exc.problem}") from None
+        raise YamlSyntaxError(
+            mark.line + 1 if mark else None, f"not valid YAML: {exc.problem}"
+        ) from None
     return doc
 
 
