@@ -6,23 +6,19 @@ from pathlib import Path
 
 import click
 
-from engine.cli.main import cli, format_option, is_terminal, load_project, project_option
+from engine.cli.main import (
+    cli,
+    format_option,
+    is_terminal,
+    load_project,
+    now_option,
+    parse_now,
+    project_option,
+)
 from engine.cli.output import echo_err, print_csv, print_json, print_table, progress_bar
 from engine.errors import CampaignError
-from engine.times import parse_timestamp
 
 SAMPLE = 10  # recipients shown in the table form of a dry run
-
-
-def _now(value: str | None):
-    if value is None:
-        return None
-    try:
-        return parse_timestamp(value)
-    except ValueError:
-        raise CampaignError(
-            f"--now {value!r} is not an ISO 8601 time (e.g. 2026-12-01T09:00)"
-        ) from None
 
 
 @cli.command()
@@ -44,12 +40,7 @@ def _now(value: str | None):
     default=None,
     help="Also write each message as a .eml file here.",
 )
-@click.option(
-    "--now",
-    "now_text",
-    default=None,
-    help="Run on a fixed clock (ISO 8601, UTC unless an offset is given).",
-)
+@now_option
 @format_option("table", "json")
 @project_option
 def send(
@@ -70,7 +61,7 @@ def send(
     from engine.sending import send_campaign
 
     project = load_project(project_dir)
-    now = _now(now_text)
+    now = parse_now(now_text)
     label = "Rendering" if dry_run else "Sending"
     with progress_bar(
         f"{label} {campaign}", None, is_terminal() and output_format == "table"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import click
@@ -10,6 +11,7 @@ import sqlalchemy as sa
 
 from engine.errors import CampaignError
 from engine.project import Project, open_project
+from engine.times import parse_timestamp
 
 
 class CampaignGroup(click.Group):
@@ -60,6 +62,29 @@ def load_project(project_dir: Path) -> Project:
     if ctx is not None:
         ctx.call_on_close(project.close)
     return project
+
+
+def now_option(func):
+    """``--now ISO``: run on a fixed clock (default: the real clock)."""
+    return click.option(
+        "--now",
+        "now_text",
+        metavar="ISO",
+        default=None,
+        help="Run as if it were this time (ISO 8601; UTC without an offset).",
+    )(func)
+
+
+def parse_now(value: str | None) -> datetime | None:
+    """The ``--now`` value as naive UTC, or None when it was not given."""
+    if value is None:
+        return None
+    try:
+        return parse_timestamp(value)
+    except ValueError:
+        raise CampaignError(
+            f"--now {value!r} is not an ISO 8601 time (e.g. 2026-12-01T09:00)"
+        ) from None
 
 
 def is_terminal() -> bool:

@@ -10,9 +10,9 @@ from typing import Any
 import click
 import sqlalchemy as sa
 
-from engine.cli.main import cli, load_project, project_option
+from engine.cli.main import cli, load_project, now_option, parse_now, project_option
 from engine.errors import CampaignError, ProblemList
-from engine.times import parse_timestamp, utcnow
+from engine.times import utcnow
 
 # Used by `check` when the database has no merchant of a locale (or no database yet).
 SAMPLE_MERCHANTS: dict[str, dict[str, Any]] = {
@@ -38,17 +38,6 @@ def _sample_stats(now: datetime) -> dict[str, Any]:
         "revenue_30d": 4_350_000, "revenue_prev_30d": 7_250_000, "revenue_change_30d": -0.4,
         "orders_30d": 29, "orders_prev_30d": 48, "last_order_at": now - timedelta(days=9),
     }  # fmt: skip
-
-
-def _now(value: str | None) -> datetime:
-    if value is None:
-        return utcnow()
-    try:
-        return parse_timestamp(value)
-    except ValueError:
-        raise CampaignError(
-            f"--now {value!r} is not an ISO 8601 time (e.g. 2026-12-01T09:00)"
-        ) from None
 
 
 def _find_merchant(conn, who: str) -> dict[str, Any]:
@@ -89,7 +78,7 @@ def _file_stem(key: str) -> str:
     default=None,
     help="Write the message as .eml and its HTML as .html in this folder.",
 )
-@click.option("--now", "now_text", default=None, help="Render on a fixed clock (ISO 8601).")
+@now_option
 @project_option
 def render(
     campaign: str,
@@ -107,7 +96,7 @@ def render(
 
     project = load_project(project_dir)
     settings = project.settings
-    now = _now(now_text)
+    now = parse_now(now_text) or utcnow()
     segments = load_segments(settings.segments_dir)
     loaded = load_campaign(settings, campaign, segments)
     template = loaded.template_for(step)
@@ -157,12 +146,12 @@ def render(
 
 
 @cli.command()
-@click.option("--now", "now_text", default=None, help="Render on a fixed clock (ISO 8601).")
+@now_option
 @project_option
 def check(now_text: str | None, project_dir: Path) -> None:
     """Validate every segment, campaign and template; render each template for sample merchants."""
     project = load_project(project_dir)
-    now = _now(now_text)
+    now = parse_now(now_text) or utcnow()
     problems, summary = run_check(project, now=now)
     for problem in problems:
         click.echo(problem)

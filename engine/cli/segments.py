@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from pathlib import Path
 
 import click
 
-from engine.cli.main import cli, format_option, load_project, project_option
+from engine.cli.main import (
+    cli,
+    format_option,
+    load_project,
+    now_option,
+    parse_now,
+    project_option,
+)
 from engine.cli.output import print_csv, print_json, print_table
-from engine.errors import CampaignError
 from engine.segments import (
     count_segment,
     explain_segment,
@@ -17,29 +22,9 @@ from engine.segments import (
     segment_members,
 )
 from engine.segments.schema import schema_text
-from engine.times import parse_timestamp, utcnow
+from engine.times import utcnow
 
 SHOW_COLUMNS = ("id", "external_id", "email", "store_name", "plan", "city", "status")
-
-
-def _now(value: str | None) -> datetime:
-    if value is None:
-        return utcnow()
-    try:
-        return parse_timestamp(value)
-    except ValueError:
-        raise CampaignError(f"--now {value!r} is not an ISO 8601 date or time") from None
-
-
-def now_option(func):
-    """``--now ISO``: evaluate on a fixed clock (default: the real clock)."""
-    return click.option(
-        "--now",
-        "now_text",
-        metavar="ISO",
-        default=None,
-        help="Evaluate as if it were this time (ISO 8601; UTC without an offset).",
-    )(func)
 
 
 def _load(project_dir: Path):
@@ -60,7 +45,7 @@ def segment() -> None:
 def segment_list(project_dir: Path, now_text: str | None, output_format: str) -> None:
     """Every segment with its description and how many merchants are in it now."""
     project, segments = _load(project_dir)
-    now = _now(now_text)
+    now = parse_now(now_text) or utcnow()
     engine = project.database()
     rows = [
         {
@@ -92,7 +77,7 @@ def segment_count(name: str, project_dir: Path, now_text: str | None, output_for
     """How many merchants are in segment NAME."""
     project, segments = _load(project_dir)
     segments.get_segment(name)
-    count = count_segment(project.database(), segments, name, now=_now(now_text))
+    count = count_segment(project.database(), segments, name, now=parse_now(now_text) or utcnow())
     if output_format == "json":
         print_json({"segment": name, "count": count})
     else:
@@ -111,7 +96,9 @@ def segment_show(
     """The merchants in segment NAME, by id."""
     project, segments = _load(project_dir)
     segments.get_segment(name)
-    rows = segment_members(project.database(), segments, name, now=_now(now_text), limit=limit)
+    rows = segment_members(
+        project.database(), segments, name, now=parse_now(now_text) or utcnow(), limit=limit
+    )
     if output_format == "json":
         print_json(rows)
     elif output_format == "csv":
@@ -133,7 +120,9 @@ def segment_explain(name: str, project_dir: Path, now_text: str | None) -> None:
     """The SQL of segment NAME (with placeholders) and the database's query plan."""
     project, segments = _load(project_dir)
     segments.get_segment(name)
-    explanation = explain_segment(project.database(), segments, name, now=_now(now_text))
+    explanation = explain_segment(
+        project.database(), segments, name, now=parse_now(now_text) or utcnow()
+    )
     click.echo("-- SQL")
     click.echo(explanation.sql)
     click.echo("-- parameters")
