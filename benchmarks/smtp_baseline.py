@@ -194,16 +194,21 @@ def smtplib_baseline(
         except BaseException as exc:
             errors.append(exc)
 
+    seconds = _timed_threads(run, shares)
+    if errors:
+        raise errors[0]
+    return Throughput(len(messages), connections, seconds)
+
+
+def _timed_threads(run, shares) -> float:
+    """Run ``run(share)`` in one thread per share; seconds until the last one ends."""
     threads = [threading.Thread(target=run, args=(share,)) for share in shares]
     started = time.perf_counter()
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    seconds = time.perf_counter() - started
-    if errors:
-        raise errors[0]
-    return Throughput(len(messages), connections, seconds)
+    return time.perf_counter() - started
 
 
 def build_messages(count: int, *, sender: str = "news@toko.example.id") -> list[Message]:
@@ -243,13 +248,7 @@ def transport_throughput(
                 if result.outcome is not Outcome.SENT:
                     failures.append(str(result.reply))
 
-    threads = [threading.Thread(target=run, args=(share,)) for share in shares]
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    seconds = time.perf_counter() - started
+    seconds = _timed_threads(run, shares)
     if failures:
         raise RuntimeError(f"{len(failures)} messages not sent, first: {failures[0]}")
     return Throughput(len(messages), connections, seconds)
