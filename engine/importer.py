@@ -13,10 +13,10 @@ import csv
 import json
 import operator
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from functools import cache, cached_property
+from functools import cache
 from pathlib import Path
 from typing import Any
 from zoneinfo import available_timezones
@@ -198,10 +198,6 @@ class Kind:
     def names(self) -> tuple[str, ...]:
         return tuple(c.name for c in self.columns)
 
-    @cached_property
-    def plan(self) -> tuple[tuple[str, Callable[[Any], Any], bool], ...]:
-        return tuple((c.name, c.convert, c.required) for c in self.columns)
-
 
 SCHEMAS = {
     "merchants": Kind(
@@ -246,42 +242,57 @@ SCHEMAS = {
     ),
 }
 
-# Values a merchant gets when the file does not say (only on insert, never on update).
+# Columns with a default. An empty value in the file keeps what is stored (and
+# gives the default on insert): a blank cell in a partial export never wipes data.
 MERCHANT_DEFAULTS = {
     "locale": "id",
     "timezone": "Asia/Jakarta",
     "status": "active",
-    "attributes": {},
+    "attributes": "{}",
 }
 
+Columns = tuple[str, ...]
 
-def validate_row(kind: Kind, raw: dict[str, Any]) -> dict[str, Any]:
-    """Convert one raw row; raises RowError naming the column and reason."""
-    row: dict[str, Any] = {}
-    for name, convert, required in kind.plan:
-        if name in raw:
-            value = raw[name]
-        elif required:
-            raise RowError(f"missing required column {name!r}")
-        else:
-            continue
-        try:
-            value = convert(value)
-        except RowError as exc:
-            raise RowError(f"{name}: {exc}") from None
-        if value is None:
-            if required:
+
+@dataclass(frozen=True)
+class RowPlan:
+    """How to validate the rows of a file that gives ``columns`` (in that order)."""
+
+    columns: Columns
+    steps: tuple[tuple[str, Callable[[Any], Any], bool], ...]
+
+    @classmethod
+    def build(cls, kind: Kind, columns: Columns) -> RowPlan:
+        by_name = {c.name: c for c in kind.columns}
+        return cls(columns, tuple((n, by_name[n].convert, by_name[n].required) for n in columns))
+
+    def validate(self, values: Sequence[Any]) -> tuple[Any, ...]:
+        """The stored values, in ``columns`` order; raises RowError naming the column."""
+        out = []
+        for (name, convert, required), value in zip(self.steps, values, strict=False):
+            try:
+                value = convert(value)
+            except RowError as exc:
+                raise RowError(f"{name}: {exc}") from None
+            if value is None and required:
                 raise RowError(f"{name}: required, but empty")
-            if name in MERCHANT_DEFAULTS:
-                continue  # an empty optional column keeps the stored value (or the default)
-        row[name] = value
-    return row
+            out.append(value)
+        return tuple(out)
 
 
-# --- readers -------------------------------------------------------------------
+def _missing_required(kind: Kind, columns: Columns) -> str | None:
+    for column in kind.columns:
+        if column.required and column.name not in columns:
+            return column.name
+    return None
 
 
-def _read_csv(handle, kind: Kind, path: Path) -> Iterator[tuple[int, dict[str, Any] | RowError]]:
+# --- readers: (line, columns, values) per row, or (line, None, RowError) -------
+
+Raw = tuple[int, Columns | None, Sequence[Any] | RowError]
+
+
+def _read_csv(handle, kind: Kind, path: Path) -> Iterator[Raw]:
     reader = csv.reader(handle)
     try:
         header = next(reader)
@@ -300,52 +311,63 @@ def _read_csv(handle, kind: Kind, path: Path) -> Iterator[tuple[int, dict[str, A
         )
     if len(set(header)) != len(header):
         raise DataImportError(f"{path}:1: a column is named twice in the header")
-    missing = [c.name for c in kind.columns if c.required and c.name not in header]
+    missing = _missing_required(kind, tuple(header))
     if missing:
         raise DataImportError(
-            f"{path}:1: missing required column {missing[0]!r} for {kind.name} "
+            f"{path}:1: missing required column {missing!r} for {kind.name} "
             f"(required: {', '.join(c.name for c in kind.columns if c.required)})"
         )
-    width = len(header)
+    columns = tuple(header)
+    width = len(columns)
     while True:
         try:
             values = next(reader)
         except StopIteration:
             return
         except csv.Error as exc:
-            yield reader.line_num, RowError(f"cannot parse CSV ({exc})")
+            yield reader.line_num, None, RowError(f"cannot parse CSV ({exc})")
             continue
         if not values:
             continue
         if len(values) != width:
-            yield reader.line_num, RowError(f"has {len(values)} fields, the header has {width}")
+            yield (
+                reader.line_num,
+                None,
+                RowError(f"has {len(values)} fields, the header has {width}"),
+            )
             continue
-        yield reader.line_num, dict(zip(header, values, strict=True))
+        yield reader.line_num, columns, values
 
 
-def _read_jsonl(handle, kind: Kind, path: Path) -> Iterator[tuple[int, dict[str, Any] | RowError]]:
+def _read_jsonl(handle, kind: Kind, path: Path) -> Iterator[Raw]:
     for number, line in enumerate(handle, start=1):
         if not line.strip():
             continue
         try:
             value = json.loads(line)
         except json.JSONDecodeError as exc:
-            yield number, RowError(f"not valid JSON ({exc.msg})")
+            yield number, None, RowError(f"not valid JSON ({exc.msg})")
             continue
         if not isinstance(value, dict):
-            yield number, RowError("each line must be a JSON object")
+            yield number, None, RowError("each line must be a JSON object")
             continue
         unknown = [k for k in value if k not in kind.names]
         if unknown:
             yield (
                 number,
+                None,
                 RowError(f"unknown column {unknown[0]!r} (valid columns: {', '.join(kind.names)})"),
             )
             continue
-        yield number, value
+        columns = tuple(n for n in kind.names if n in value)
+        missing = _missing_required(kind, columns)
+        if missing:
+            yield number, None, RowError(f"missing required column {missing!r}")
+            continue
+        yield number, columns, [value[n] for n in columns]
 
 
-# --- writers -------------------------------------------------------------------
+# --- writer ----------------------------------------------------------------------
 
 
 def sqlite_datetime(value: datetime) -> str:
@@ -363,35 +385,73 @@ class UpsertWriter:
     Rows go straight to the driver's ``executemany`` with the dialect's own bind
     processors applied: SQLAlchemy compiles the statement (both dialects), and
     we skip its per-row parameter machinery, which cost more than the insert.
+    Only the columns a file gives are written; on conflict they are updated
+    (``update``) or the row is left alone.
     """
 
-    def __init__(
-        self, engine: Engine, table: sa.Table, keys: tuple[str, ...], update: bool
-    ) -> None:
+    def __init__(self, engine: Engine, table: sa.Table, keys: Columns, update: bool) -> None:
         self.dialect = engine.dialect
         self.table, self.keys, self.update = table, keys, update
-        self._compiled: dict[
-            tuple[frozenset[str], frozenset[str]], tuple[str, tuple[str, ...], list]
-        ] = {}
+        self._compiled: dict[Columns, tuple[str, Callable[[tuple], Any]]] = {}
 
-    def _compile(self, columns: frozenset[str], updated: frozenset[str]):
+    def _default(self, name: str):
+        cast = "::jsonb" if name == "attributes" and self.dialect.name == "postgresql" else ""
+        return sa.literal_column(f"'{MERCHANT_DEFAULTS[name]}'{cast}")
+
+    def _compile(self, columns: Columns) -> tuple[str, Callable[[tuple], Any]]:
         if self.dialect.name == "postgresql":
             from sqlalchemy.dialects.postgresql import insert
         else:
             from sqlalchemy.dialects.sqlite import insert
-        names = tuple(sorted(columns))
-        stmt = insert(self.table).values({c: sa.bindparam(c) for c in names})
-        settable = [c for c in names if c not in self.keys and c in updated]
-        if self.update and settable:
-            stmt = stmt.on_conflict_do_update(
-                index_elements=list(self.keys), set_={c: stmt.excluded[c] for c in settable}
+        defaults = MERCHANT_DEFAULTS if self.table is merchants else {}
+        values = {
+            c: sa.func.coalesce(sa.bindparam(c, type_=self.table.c[c].type), self._default(c))
+            if c in defaults
+            else sa.bindparam(c, type_=self.table.c[c].type)
+            for c in columns
+        }
+        # A default column the file does not give at all is set on insert only.
+        values.update({c: self._default(c) for c in defaults if c not in columns})
+        stmt = insert(self.table).values(values)
+        settable = {
+            # The proposed row already holds the default, so ask the file's own value.
+            c: sa.case(
+                (sa.bindparam(c, type_=self.table.c[c].type).is_(None), self.table.c[c]),
+                else_=stmt.excluded[c],
             )
+            if c in defaults
+            else stmt.excluded[c]
+            for c in columns
+            if c not in self.keys
+        }
+        if self.update and settable:
+            stmt = stmt.on_conflict_do_update(index_elements=list(self.keys), set_=settable)
         else:
             stmt = stmt.on_conflict_do_nothing(index_elements=list(self.keys))
         compiled = stmt.compile(dialect=self.dialect)
-        order = tuple(compiled.positiontup) if compiled.positional else names
-        processors = [self._processor(self.table.c[name].type) for name in order]
-        return str(compiled), order, processors
+        names = tuple(compiled.positiontup) if compiled.positional else tuple(compiled.params)
+        index = {c: i for i, c in enumerate(columns)}
+        getter = operator.itemgetter(*(index[n] for n in names))
+        single = len(names) == 1
+        process = [
+            (i, p)
+            for i, p in enumerate(self._processor(self.table.c[n].type) for n in names)
+            if p is not None
+        ]
+        positional = compiled.positional
+
+        def params(row: tuple) -> Any:
+            values = getter(row)
+            if single:
+                values = (values,)
+            if process:
+                values = list(values)
+                for i, convert in process:
+                    if values[i] is not None:
+                        values[i] = convert(values[i])
+            return tuple(values) if positional else dict(zip(names, values, strict=True))
+
+        return str(compiled), params
 
     def _processor(self, column_type):
         process = column_type.dialect_impl(self.dialect).bind_processor(self.dialect)
@@ -407,38 +467,23 @@ class UpsertWriter:
             return keep_text
         return process
 
-    def write(self, conn, rows: list[tuple[dict[str, Any], frozenset[str]]]) -> None:
-        """Write (row, columns to update on conflict) pairs."""
-        groups: dict[tuple[frozenset[str], frozenset[str]], list[dict[str, Any]]] = {}
-        for row, updated in rows:
-            groups.setdefault((frozenset(row), updated), []).append(row)
-        for key, group in groups.items():
-            if key not in self._compiled:
-                self._compiled[key] = self._compile(*key)
-            sql, order, processors = self._compiled[key]
-            getter = operator.itemgetter(*order)
-            convert = [(i, p) for i, p in enumerate(processors) if p is not None]
-            params: list[Any] = []
-            for row in group:
-                values = getter(row)
-                values = list(values) if len(order) > 1 else [values]
-                for i, process in convert:
-                    if values[i] is not None:
-                        values[i] = process(values[i])
-                params.append(
-                    tuple(values)
-                    if self.dialect.positional
-                    else dict(zip(order, values, strict=True))
-                )
-            conn.exec_driver_sql(sql, params)
+    def write(self, conn, columns: Columns, rows: Sequence[tuple]) -> None:
+        if columns not in self._compiled:
+            self._compiled[columns] = self._compile(columns)
+        sql, params = self._compiled[columns]
+        conn.exec_driver_sql(sql, [params(row) for row in rows])
+
+
+ValidRow = tuple[int, Columns, tuple[Any, ...]]
 
 
 def _write_batch(
-    conn, kind: Kind, batch: list[tuple[int, dict[str, Any]]], writer: UpsertWriter, report
-):
+    conn, kind: Kind, batch: list[ValidRow], writer: UpsertWriter, report: ImportReport
+) -> int:
     """Write one batch in the caller's transaction; returns rows written."""
+    groups: dict[Columns, list[tuple]] = {}
     if kind.needs_merchant:
-        refs = {row["merchant_external_id"] for _, row in batch}
+        refs = {row[columns.index("merchant_external_id")] for _, columns, row in batch}
         found = dict(
             conn.execute(
                 sa.select(merchants.c.external_id, merchants.c.id).where(
@@ -446,39 +491,27 @@ def _write_batch(
                 )
             ).all()
         )
-        kept = []
-        for line, row in batch:
-            merchant_id = found.get(row["merchant_external_id"])
+        for line, columns, row in batch:
+            at = columns.index("merchant_external_id")
+            merchant_id = found.get(row[at])
             if merchant_id is None:
-                report.reject(line, f"unknown merchant {row['merchant_external_id']!r}")
+                report.reject(line, f"unknown merchant {row[at]!r}")
                 continue
-            row = dict(row)
-            del row["merchant_external_id"]
-            row["merchant_id"] = merchant_id
-            kept.append((line, row))
-        batch = kept
-    rows = []
-    defaults_for: dict[frozenset[str], dict[str, Any]] = {}
-    for _, row in batch:
-        updated = frozenset(row)
-        if kind.name == "merchants" and len(row) < len(kind.columns):
-            # Defaults apply on insert only: a column the file leaves out keeps its stored value.
-            defaults = defaults_for.get(updated)
-            if defaults is None:
-                defaults = {k: v for k, v in MERCHANT_DEFAULTS.items() if k not in row}
-                defaults_for[updated] = defaults
-            if defaults:
-                row = {**defaults, **row}
-        rows.append((row, updated))
-    writer.write(conn, rows)
-    return len(rows)
+            stored = (*columns[:at], "merchant_id", *columns[at + 1 :])
+            groups.setdefault(stored, []).append((*row[:at], merchant_id, *row[at + 1 :]))
+    else:
+        for _, columns, row in batch:
+            groups.setdefault(columns, []).append(row)
+    for columns, rows in groups.items():
+        writer.write(conn, columns, rows)
+    return sum(len(rows) for rows in groups.values())
 
 
 @dataclass
 class ValidatedBatch:
     """Rows that passed validation, the rows that did not, and how far into the file we are."""
 
-    rows: list[tuple[int, dict[str, Any]]]
+    rows: list[ValidRow]
     rejected: list[tuple[int, str]]
     read: int
     position: int
@@ -497,18 +530,22 @@ def validated_batches(path: Path, kind: str, batch_size: int) -> Iterator[Valida
     """Read and validate ``path`` in batches (flat memory, whatever the file size)."""
     spec = SCHEMAS[kind]
     read = _reader_for(path)
+    plans: dict[Columns, RowPlan] = {}
     with path.open("r", encoding="utf-8", newline="") as handle:
-        rows: list[tuple[int, dict[str, Any]]] = []
+        rows: list[ValidRow] = []
         rejected: list[tuple[int, str]] = []
         count = 0
         try:
-            for line, raw in read(handle, spec, path):
+            for line, columns, raw in read(handle, spec, path):
                 count += 1
-                if isinstance(raw, RowError):
+                if columns is None:
                     rejected.append((line, str(raw)))
                     continue
+                plan = plans.get(columns)
+                if plan is None:
+                    plan = plans[columns] = RowPlan.build(spec, columns)
                 try:
-                    rows.append((line, validate_row(spec, raw)))
+                    rows.append((line, columns, plan.validate(raw)))
                 except RowError as exc:
                     rejected.append((line, str(exc)))
                     continue

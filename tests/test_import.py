@@ -208,3 +208,24 @@ def test_fast_sqlite_datetime_matches_sqlalchemy(value):
     dialect = sqlite.dialect()
     reference = sa.DateTime().dialect_impl(dialect).bind_processor(dialect)
     assert sqlite_datetime(value) == reference(value)
+
+
+def test_blank_cells_keep_stored_defaults_and_jsonl_rows_may_differ(engine, tmp_path):
+    import_file(engine, "merchants", write(tmp_path, "m.csv", MERCHANTS_CSV))
+    text = "external_id,email,locale,attributes,plan\nm2,siti@example.id,,,\n"
+    assert import_file(engine, "merchants", write(tmp_path, "blank.csv", text)).ok
+    siti = rows(engine, merchants)[1]
+    assert siti["locale"] == "en"  # blank: kept
+    assert siti["attributes"] == {}  # blank: kept
+    assert siti["plan"] is None  # an ordinary column: blank means empty
+    lines = [
+        {"external_id": "m1", "email": "budi@example.id", "city": "Bandung"},
+        {"external_id": "n9", "email": "n9@example.id"},
+        {"email": "n10@example.id", "external_id": "n10", "locale": "en"},
+    ]
+    path = write(tmp_path, "mixed.jsonl", "\n".join(json.dumps(x) for x in lines))
+    assert import_file(engine, "merchants", path).imported == 3
+    stored = {m["external_id"]: m for m in rows(engine, merchants)}
+    assert stored["m1"]["city"] == "Bandung" and stored["m1"]["plan"] == "basic"
+    assert stored["n9"]["locale"] == "id" and stored["n9"]["attributes"] == {}
+    assert stored["n10"]["locale"] == "en" and stored["n10"]["timezone"] == "Asia/Jakarta"
