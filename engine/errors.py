@@ -7,11 +7,13 @@ escapes is a bug of ours and keeps its traceback::
     ├── SettingsError        campaign.toml or a CAMPAIGN_* variable is wrong
     ├── DatabaseError        the database cannot be reached or is not ours
     ├── DataImportError      an import file cannot be read at all (bad header, missing file)
-    ├── ProjectFileError     a YAML file of the project is wrong (carries path and line)
+    ├── ProjectFileError     a file of the project is wrong (carries path and line)
     │   ├── SegmentError     segments/*.yaml
-    │   └── CampaignFileError campaigns/*.yaml
-    ├── TemplateError        a template cannot be loaded or rendered (path and line)
+    │   ├── CampaignFileError campaigns/*.yaml
+    │   └── TemplateError    templates/: cannot be loaded or rendered
     ├── HeaderError          a value that would reach a mail header is unsafe
+    ├── SuppressionError     a suppression entry is wrong (address, topic)
+    ├── TokenError           an unsubscribe token is malformed, forged or of an unknown key
     └── DeliveryError        the SMTP server or the outbox refuses the work
 """
 
@@ -65,6 +67,14 @@ class TemplateError(ProjectFileError):
 
 class HeaderError(CampaignError):
     pass
+
+
+class SuppressionError(CampaignError):
+    pass
+
+
+class TokenError(CampaignError):
+    """An unsubscribe token is malformed, forged or signed with an unknown key."""
 
 
 class DeliveryError(CampaignError):

@@ -15,17 +15,13 @@ from sqlalchemy.engine import Connection, Engine
 
 from engine.addresses import normalize_email
 from engine.campaigns import TOPICS
-from engine.errors import CampaignError
+from engine.errors import SuppressionError
 from engine.models import suppressions
 from engine.outbox import _insert, write_transaction
 from engine.times import utcnow
 
 ALL_TOPICS = "*"
 REASONS = ("unsubscribe", "hard_bounce", "complaint", "manual")
-
-
-class SuppressionError(CampaignError):
-    pass
 
 
 def check_topic(topic: str | None) -> str:

@@ -19,17 +19,13 @@ from dataclasses import dataclass
 from urllib.parse import quote
 
 from engine.config import Settings
-from engine.errors import CampaignError, DeliveryError
+from engine.errors import DeliveryError, TokenError
 
 KEY_VERSION = 1
 # Used only to render and dry-run without CAMPAIGN_SECRET_KEY; a real send refuses it.
 DEVELOPMENT_KEY = "campaign-development-key-NOT-FOR-SENDING"
 _TOPIC = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 _TOKEN = re.compile(r"^(\d{1,18})\.([a-z0-9][a-z0-9-]{0,63})\.(\d{1,4})\.([A-Za-z0-9_-]{43})$")
-
-
-class TokenError(CampaignError):
-    """An unsubscribe token is malformed, forged or signed with an unknown key."""
 
 
 @dataclass(frozen=True)
