@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import shutil
 import sys
 import tempfile
@@ -96,6 +97,13 @@ def main(argv: list[str] | None = None) -> None:
         with engine.begin() as conn:
             conn.execute(merchants.update().values(status="active"))
         print(f"demo data: {args.count} merchants in {time.perf_counter() - started:.1f}s")
+        # Send as `campaign send` would, from a process that did not just load the
+        # data: the database at rest (closing checkpoints SQLite's WAL) and none
+        # of the loader's objects left for the garbage collector to walk.
+        project.close()
+        gc.collect()
+        project = open_project(folder, env=env)
+        engine = project.database()
 
         with start_sink() as sink:
             project.settings = dataclasses.replace(project.settings, smtp=parse_smtp_url(sink.url))

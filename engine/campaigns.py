@@ -445,8 +445,10 @@ class _Reader:
         try:
             return parse_duration(value if isinstance(value, str) else repr(value), "hdw")
         except ValueError:
+            # str() for YAML's own types: a date shows as 2026-12-01, not datetime.date(...).
+            shown = repr(value) if isinstance(value, str) else str(value)
             raise self.fail(
-                loc, f"{loc[-1]}: {value!r} is not a duration (use Nh, Nd or Nw, e.g. 3d)"
+                loc, f"{loc[-1]}: {shown} is not a duration (use Nh, Nd or Nw, e.g. 3d)"
             ) from None
 
     def timezone(self, loc: tuple, value: Any) -> str:

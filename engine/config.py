@@ -218,6 +218,14 @@ def _duration(value: Any) -> timedelta:
     return parse_duration(_text(value))
 
 
+def _positive_duration(value: Any) -> timedelta:
+    """A lease, a tick or a timeout of zero would expire at once or spin: refused."""
+    span = _duration(value)
+    if span <= timedelta(0):
+        raise ValueError(f"{value!r} must be longer than zero")
+    return span
+
+
 def _cap(value: Any) -> Rate | None:
     if value in ("off", "none", False):
         return None
@@ -232,9 +240,20 @@ def _https_url(value: Any) -> str:
 
 
 def _topics(value: Any) -> tuple[str, ...]:
+    from engine.campaigns import TOPICS  # imported here: campaigns imports this module
+
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ValueError(f"{value!r} is not a list of topic names")
+    for topic in value:
+        if topic not in TOPICS:
+            raise ValueError(f"unknown topic {topic!r} (valid topics: {', '.join(TOPICS)})")
     return tuple(value)
+
+
+def _mailto(value: Any) -> str:
+    from engine.addresses import normalize_email
+
+    return normalize_email(_text(value))
 
 
 def parse_smtp_url(url: str, source: str = "CAMPAIGN_SMTP_URL") -> SmtpSettings:
@@ -269,7 +288,9 @@ def parse_smtp_url(url: str, source: str = "CAMPAIGN_SMTP_URL") -> SmtpSettings:
     try:
         timeout = float(query.get("timeout", ["30"])[-1])
     except ValueError:
-        raise SettingsError(f"{source}: timeout must be a number of seconds") from None
+        timeout = float("nan")
+    if not 0 < timeout < float("inf"):  # also refuses nan: sockets need a real, positive timeout
+        raise SettingsError(f"{source}: timeout must be a number of seconds above zero")
     return SmtpSettings(
         host=parts.hostname,
         port=port or (465 if ssl else 25),
@@ -306,11 +327,22 @@ def load_settings(project_dir: Path | str = ".", env: Mapping[str, str] | None =
     data: dict[str, Any] = {}
     text = ""
     if path.exists():
-        text = path.read_text(encoding="utf-8")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise SettingsError(f"{path}: not UTF-8 text ({exc.reason})") from None
+        except OSError as exc:
+            raise SettingsError(f"{path}: cannot be read ({exc.strerror})") from None
         try:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
-            raise SettingsError(f"{path}: not valid TOML ({exc})") from None
+            # tomllib puts the position at the end of its message: "... (at line 3, column 9)".
+            message = str(exc)
+            where = re.search(r"\s*\(at line (\d+), column \d+\)$", message)
+            if where:
+                message = message[: where.start()]
+                raise SettingsError(f"{path}:{where.group(1)}: not valid TOML: {message}") from None
+            raise SettingsError(f"{path}: not valid TOML: {message}") from None
 
     sections = ("project", "delivery", "scheduler", "limits", "unsubscribe", "dkim")
     for name in data:
@@ -339,12 +371,12 @@ def load_settings(project_dir: Path | str = ".", env: Mapping[str, str] | None =
         rate=r.get("rate", lambda v: parse_rate(_text(v)), d.rate),
         max_attempts=r.get("max_attempts", _positive_int, d.max_attempts),
         retry_backoff=r.get("retry_backoff", _duration, d.retry_backoff),
-        lease=r.get("lease", _duration, d.lease),
-        timeout=r.get("timeout", _duration, d.timeout),
+        lease=r.get("lease", _positive_duration, d.lease),
+        timeout=r.get("timeout", _positive_duration, d.timeout),
         batch_size=r.get("batch_size", _positive_int, d.batch_size),
     )
     r = reader("scheduler", ("tick",))
-    scheduler = SchedulerSettings(tick=r.get("tick", _duration, SchedulerSettings().tick))
+    scheduler = SchedulerSettings(tick=r.get("tick", _positive_duration, SchedulerSettings().tick))
     lim = LimitsSettings()
     r = reader("limits", ("frequency_cap", "frequency_cap_exempt"))
     limits = LimitsSettings(
@@ -355,7 +387,7 @@ def load_settings(project_dir: Path | str = ".", env: Mapping[str, str] | None =
     r = reader("unsubscribe", ("base_url", "mailto"))
     unsubscribe = UnsubscribeSettings(
         base_url=r.get("base_url", _https_url, u.base_url),
-        mailto=r.get("mailto", _text, u.mailto),
+        mailto=r.get("mailto", _mailto, u.mailto),
     )
     r = reader("dkim", ("domain", "selector"))
     dkim = DkimSettings(

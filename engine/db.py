@@ -71,6 +71,11 @@ def upgrade_schema(engine: Engine) -> tuple[str | None, str]:
         raise DatabaseError(
             f"cannot reach the database at {describe_url(engine)}: {_first_line(exc)}"
         ) from None
+    except sa.exc.DBAPIError as exc:
+        # Reached, but the tables cannot be made: a missing schema in search_path, no CREATE right.
+        raise DatabaseError(
+            f"cannot set up the schema in the database at {describe_url(engine)}: {_first_line(exc)}"
+        ) from None
 
 
 def ensure_schema(engine: Engine) -> None:

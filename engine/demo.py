@@ -325,7 +325,10 @@ def _reset(engine: Engine) -> None:
                 "run `campaign demo` in an empty project folder (or point CAMPAIGN_DATABASE_URL elsewhere)"
             )
         for table in reversed(metadata.sorted_tables):
-            conn.execute(table.delete())
+            # The suppression list is kept: it is keyed by address, may hold real people
+            # (a complaint, a hard bounce) and nothing in it belongs to the demo data.
+            if table.name != "suppressions":
+                conn.execute(table.delete())
 
 
 def load_demo(

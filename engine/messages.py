@@ -235,6 +235,16 @@ class MessageBuilder:
             raise CampaignError(
                 f"CAMPAIGN_DKIM_KEY_FILE: cannot read the key ({exc.strerror})"
             ) from None
+        try:
+            # Checked once here: a bad key would otherwise fail inside every message's signing.
+            from dkim.crypto import parse_pem_private_key
+
+            parse_pem_private_key(key)
+        except Exception as exc:  # dkimpy raises several types for unreadable keys
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(": ")
+            raise CampaignError(
+                f"CAMPAIGN_DKIM_KEY_FILE: {dkim_settings.key_file} is not a PEM private key ({reason})"
+            ) from None
         selector = dkim_settings.selector.encode()
         domain = dkim_settings.domain.encode()
 

@@ -17,7 +17,10 @@ network traffic: no lock is held while talking to SMTP.
 
 On PostgreSQL claims use ``FOR UPDATE SKIP LOCKED`` (any number of processes);
 on SQLite every write transaction starts with ``BEGIN IMMEDIATE`` so that two
-connections (or processes) serialise instead of failing to upgrade a read lock.
+connections (or processes) serialise instead of failing to upgrade a read lock,
+and the sender threads of one process that wait for each other share one
+transaction (``OutboxSession._write``): one commit for several senders' marks
+and results, each sender going on only once its own are committed.
 """
 
 from __future__ import annotations
@@ -26,18 +29,18 @@ import functools
 import re
 import secrets
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
-from engine.models import message_bodies, messages, suppressions
+from engine.models import message_bodies, messages
 from engine.times import utcnow
 
 
@@ -120,13 +123,17 @@ def _sqlite_writer_lock(engine: Engine) -> threading.RLock:
 
 
 @contextmanager
-def write_transaction(engine: Engine) -> Iterator[Connection]:
+def write_transaction(engine: Engine, *, checkpoint_after: bool = False) -> Iterator[Connection]:
     """A short write transaction; ``BEGIN IMMEDIATE`` on SQLite.
 
     pysqlite normally opens transactions itself (lazily, DEFERRED), so a
     SELECT-then-UPDATE in WAL mode can fail with "database is locked" instead of
     waiting. The SQLAlchemy-documented recipe: put the DBAPI connection in
     autocommit mode (``isolation_level = None``) and emit BEGIN ourselves.
+
+    ``checkpoint_after`` (SQLite, for large writes such as a batch of message
+    bodies): the WAL checkpoint that the commit would run while this process's
+    other writers wait on the mutex runs after it, beside them, instead.
     """
     if not is_sqlite(engine):
         with engine.begin() as conn:
@@ -136,20 +143,30 @@ def write_transaction(engine: Engine) -> Iterator[Connection]:
     # handler, which sleeps in steps of milliseconds: with several sender threads
     # that sleeping, not the writes, was most of the time per message. Other
     # processes still wait in the busy handler (busy_timeout).
-    with _sqlite_writer_lock(engine), engine.connect() as conn:
+    with engine.connect() as conn:
         dbapi = conn.connection.dbapi_connection
         previous = dbapi.isolation_level
         dbapi.isolation_level = None
+        automatic = None
+        if checkpoint_after:
+            automatic = dbapi.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+            dbapi.execute("PRAGMA wal_autocheckpoint = 0")
         try:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                conn.rollback()
-                raise
-            conn.commit()
+            with _sqlite_writer_lock(engine):
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                except BaseException:
+                    conn.rollback()
+                    raise
+                conn.commit()
         finally:
             dbapi.isolation_level = previous
+            if automatic is not None:
+                dbapi.execute(f"PRAGMA wal_autocheckpoint = {int(automatic)}")
+        if checkpoint_after:
+            # PASSIVE: copies what it can without waiting for (or blocking) anyone.
+            dbapi.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
 
 def _insert(engine_or_conn: Engine | Connection):
@@ -168,6 +185,9 @@ def enqueue(engine: Engine, batch: Sequence[NewMessage], *, now: datetime | None
     if not batch:
         return 0
     now = now or utcnow()
+    if is_sqlite(engine):
+        with write_transaction(engine, checkpoint_after=True) as conn:
+            return _enqueue_sqlite(conn, batch, now)
     rows = [
         {
             "key": m.key,
@@ -203,6 +223,75 @@ def enqueue(engine: Engine, batch: Sequence[NewMessage], *, now: datetime | None
         return len(new)
 
 
+_INSERT_MESSAGE = (
+    "INSERT INTO messages (key, campaign, step, run, topic, merchant_id, email, sender, subject,"
+    " state, attempts, next_attempt_at, message_id, last_error, created_at, updated_at)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?) ON CONFLICT (key) DO NOTHING"
+)
+_INSERT_BODY = "INSERT INTO message_bodies (message_id, data) VALUES (?, ?)"
+
+
+def _enqueue_sqlite(conn: Connection, batch: Sequence[NewMessage], now: datetime) -> int:
+    """``enqueue`` on SQLite, inside its ``BEGIN IMMEDIATE`` transaction, on the DBAPI cursor.
+
+    No other writer can run between the statements: the keys not there before
+    the insert are exactly the rows it added. (Core's insert with RETURNING
+    spent more time converting parameters than SQLite spent inserting.)
+    """
+    stamp = now.isoformat(" ", "microseconds")  # sa.DateTime's SQLite text format
+    cursor = conn.connection.dbapi_connection.cursor()
+    try:
+        before = _present(cursor, [m.key for m in batch])
+        fresh: dict[str, NewMessage] = {}
+        for m in batch:
+            if m.key not in before and m.key not in fresh:
+                fresh[m.key] = m
+        if not fresh:
+            return 0
+        cursor.executemany(
+            _INSERT_MESSAGE,
+            [
+                (
+                    m.key,
+                    m.campaign,
+                    m.step,
+                    m.run,
+                    m.topic,
+                    m.merchant_id,
+                    m.email,
+                    m.sender,
+                    m.subject,
+                    str(m.state),
+                    stamp if m.state == State.QUEUED else None,
+                    m.message_id,
+                    m.last_error,
+                    stamp,
+                    stamp,
+                )
+                for m in fresh.values()
+            ],
+        )
+        ids = _present(cursor, [key for key, m in fresh.items() if m.data is not None])
+        cursor.executemany(
+            _INSERT_BODY,
+            [(message_id, fresh[key].data) for key, message_id in ids.items()],
+        )
+        return len(fresh)
+    finally:
+        cursor.close()
+
+
+def _present(cursor, keys: list[str]) -> dict[str, int]:
+    """``{key: id}`` for those of ``keys`` already in the outbox (SQLite DBAPI cursor)."""
+    found: dict[str, int] = {}
+    for start in range(0, len(keys), 500):
+        chunk = keys[start : start + 500]
+        marks = ", ".join("?" * len(chunk))
+        cursor.execute(f"SELECT key, id FROM messages WHERE key IN ({marks})", chunk)
+        found.update(cursor.fetchall())
+    return found
+
+
 def existing_keys(conn: Connection, keys: Iterable[str]) -> dict[str, str]:
     """``{key: state}`` for the keys already in the outbox."""
     keys = list(keys)
@@ -212,15 +301,430 @@ def existing_keys(conn: Connection, keys: Iterable[str]) -> dict[str, str]:
     return {key: state for key, state in rows}
 
 
-# --- claiming -------------------------------------------------------------------
+# --- the hot path: one connection per sender, statements straight to the DBAPI ------
+#
+# Claims, committing marks and results are most of a send's database work: the
+# statements below go straight to the connection's DBAPI cursor, because
+# building, cache-keying and compiling Core statements per message cost more
+# than running them, and a sender thread keeps one connection (``OutboxSession``)
+# rather than checking one out of the pool for every transaction. Named
+# ``:param`` placeholders (pysqlite), rewritten as ``%(param)s`` for psycopg;
+# datetimes in SQLAlchemy's SQLite text format (``isoformat(" ")``, always with
+# microseconds). Ids in ``IN (...)`` lists are
+# integers read from the database in the same transaction, written inline.
+
+_DUE = (
+    "SELECT id FROM messages WHERE state = :state AND next_attempt_at <= :now{campaign}"
+    " ORDER BY next_attempt_at, id LIMIT :room{lock}"
+)
+_SUPPRESS_CLAIMED = (
+    "UPDATE messages SET state = 'suppressed', last_error = 'address suppressed before sending',"
+    " next_attempt_at = NULL, updated_at = :now"
+    " WHERE id IN ({ids}) AND EXISTS (SELECT 1 FROM suppressions"
+    " WHERE suppressions.email = messages.email AND suppressions.topic IN (messages.topic, '*'))"
+)
+_TAKE = (
+    "UPDATE messages SET state = 'sending', lease_token = :token, lease_expires_at = :expires,"
+    " worker = :worker, updated_at = :now"
+    " WHERE id IN ({ids}) AND state IN ('queued', 'deferred')"
+)
+_CLAIMED = (
+    "SELECT messages.id, messages.key, messages.campaign, messages.email, messages.sender,"
+    " message_bodies.data, messages.attempts"
+    " FROM messages LEFT OUTER JOIN message_bodies ON message_bodies.message_id = messages.id"
+    " WHERE messages.id IN ({ids}) AND messages.lease_token = :token ORDER BY messages.id"
+)
+_RELEASE = (
+    "UPDATE messages SET state = CASE WHEN attempts = 0 THEN 'queued' ELSE 'deferred' END,"
+    " lease_token = NULL, lease_expires_at = NULL, next_attempt_at = :not_before, updated_at = :now"
+    " WHERE id = :id AND lease_token = :token AND state = 'sending'"
+)
+_FINISH = (
+    "UPDATE messages SET state = :state, attempts = :attempts, next_attempt_at = :next_attempt_at,"
+    " last_error = :last_error, queue_id = :queue_id, sent_at = :sent_at, updated_at = :now,"
+    " lease_token = NULL, lease_expires_at = NULL"
+    " WHERE id = :id AND lease_token = :token AND state IN ('sending', 'committing')"
+)
+_ATTEMPT = (
+    "INSERT INTO attempts (message_id, at, worker, smtp_code, enhanced_status, reply, outcome)"
+    " VALUES (:message_id, :at, :worker, :smtp_code, :enhanced_status, :reply, :outcome)"
+)
+_COMMITTING = (
+    "UPDATE messages SET state = 'committing', updated_at = :now, lease_expires_at = :expires"
+    " WHERE id = :id AND lease_token = :token AND state = 'sending'"
+)
+_PLACEHOLDER = re.compile(r":([a-z_]+)")
 
 
-def _suppressed_clause():
-    """True for an outbox row whose address is suppressed for its topic or for all."""
-    return sa.exists().where(
-        suppressions.c.email == messages.c.email,
-        suppressions.c.topic.in_([messages.c.topic, "*"]),
-    )
+@functools.cache
+def _for_psycopg(sql: str) -> str:
+    return _PLACEHOLDER.sub(r"%(\1)s", sql)
+
+
+def _id_list(ids: Iterable[int]) -> str:
+    return ", ".join(str(int(i)) for i in ids)
+
+
+_T = TypeVar("_T")
+
+
+@dataclass(eq=False)
+class _Work:
+    """One thread's piece of a shared SQLite write transaction (see ``OutboxSession._write``)."""
+
+    work: Callable[[OutboxSession], Any]
+    done: bool = False
+    result: Any = None
+    error: BaseException | None = None
+
+
+@dataclass(eq=False)
+class _Group:
+    waiting: list[_Work] = field(default_factory=list)
+    guard: threading.Lock = field(default_factory=threading.Lock)
+
+
+_GROUPS: dict[str, _Group] = {}
+
+
+def _sqlite_group(engine: Engine) -> _Group:
+    """The work waiting for this process's writer mutex on one SQLite file."""
+    key = str(engine.url.database)
+    with _WRITER_LOCKS_GUARD:
+        return _GROUPS.setdefault(key, _Group())
+
+
+class OutboxSession:
+    """The outbox's hot path on one connection: claim, mark committing, finish, release.
+
+    A sender thread keeps one for its lifetime (the caller owns ``conn`` and
+    closes it after ``close()``). Each method's writes are committed before it
+    returns; on SQLite in a ``BEGIN IMMEDIATE`` transaction behind this
+    process's writer mutex, like ``write_transaction``, possibly shared with
+    other sessions' writes (``_write``).
+    """
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.sqlite = conn.dialect.name == "sqlite"
+        self._dbapi = conn.connection.dbapi_connection
+        self._lock = _sqlite_writer_lock(conn.engine) if self.sqlite else None
+        self._group = _sqlite_group(conn.engine) if self.sqlite else None
+        self._previous = None
+        if self.sqlite:
+            # Autocommit at the driver, BEGIN IMMEDIATE by hand (see write_transaction).
+            self._previous = self._dbapi.isolation_level
+            self._dbapi.isolation_level = None
+        self._cursor = self._dbapi.cursor()
+
+    def close(self) -> None:
+        """Give the connection back as it was (the caller closes it)."""
+        self._cursor.close()
+        if self.sqlite:
+            self._dbapi.isolation_level = self._previous
+
+    def _write(self, work: Callable[[OutboxSession], _T]) -> _T:
+        """Run ``work(session)`` in a committed write transaction and return its result.
+
+        On SQLite the writers of this process take turns on one mutex; whoever
+        gets it runs, in one transaction, every piece of work queued by then
+        (its own and that of the threads waiting behind it) and commits once.
+        A waiting thread whose work was done that way returns without writing
+        anything itself: its rows were committed before it got the mutex. One
+        commit for several senders' marks and results, and each sender still
+        sees its own committed before it goes on.
+        """
+        if self._lock is None:  # PostgreSQL: each connection commits on its own
+            try:
+                result = work(self)
+            except BaseException:
+                self._end(commit=False)
+                raise
+            self._end(commit=True)
+            return result
+        mine = _Work(work)
+        group = self._group
+        with group.guard:
+            group.waiting.append(mine)
+        with self._lock:
+            if not mine.done:
+                with group.guard:
+                    batch, group.waiting = group.waiting, []
+                self._run_batch(batch)
+        if mine.error is not None:
+            raise mine.error
+        return mine.result
+
+    def _run_batch(self, batch: list[_Work]) -> None:
+        try:
+            self._cursor.execute("BEGIN IMMEDIATE")
+            try:
+                results = [item.work(self) for item in batch]
+            except BaseException:
+                self._end(commit=False)
+                raise
+            self._end(commit=True)
+        except BaseException as exc:  # the transaction is gone: every piece of it failed
+            for item in batch:
+                item.error, item.done = exc, True
+            return
+        for item, result in zip(batch, results, strict=True):
+            item.result, item.done = result, True
+
+    def _end(self, *, commit: bool) -> None:
+        # Core statements on ``conn`` (the rare bounce path) open SQLAlchemy's own
+        # transaction on the same DBAPI connection: end it through SQLAlchemy then.
+        if self.conn.in_transaction():
+            (self.conn.commit if commit else self.conn.rollback)()
+        elif commit:
+            self._dbapi.commit()
+        else:
+            self._dbapi.rollback()
+
+    def _execute(self, sql: str, params: dict[str, Any], ids: str | None = None) -> int:
+        """Run one statement on this session's cursor; returns the row count.
+
+        ``ids`` fills the statement's ``{ids}`` list (after the placeholders are
+        converted, so that the conversion is cached per statement, not per list).
+        """
+        if self.sqlite:
+            params = {
+                k: v.isoformat(" ", "microseconds") if type(v) is datetime else v
+                for k, v in params.items()
+            }
+        else:
+            sql = _for_psycopg(sql)
+        if ids is not None:
+            sql = sql.format(ids=ids)
+        self._cursor.execute(sql, params)
+        return self._cursor.rowcount
+
+    def _rows(self, sql: str, params: dict[str, Any], ids: str | None = None) -> list[tuple]:
+        self._execute(sql, params, ids)
+        return self._cursor.fetchall()
+
+    # --- claiming ---------------------------------------------------------------
+
+    def claim(
+        self,
+        *,
+        worker: str,
+        limit: int,
+        lease: timedelta,
+        now: datetime | None = None,
+        campaign: str | None = None,
+    ) -> list[Claim]:
+        """See ``claim``."""
+        now = now or utcnow()
+        token = secrets.token_hex(16)
+        # One ordered index range per state (ix_messages_state_next): no sort of the
+        # whole backlog for each small claim. Retries first, they have waited longest.
+        due = _DUE.format(
+            campaign=" AND campaign = :campaign" if campaign is not None else "",
+            lock="" if self.sqlite else " FOR UPDATE OF messages SKIP LOCKED",
+        )
+
+        def work(s: OutboxSession) -> list[tuple]:
+            ids: list[int] = []
+            for state in (State.DEFERRED, State.QUEUED):
+                if len(ids) < limit:
+                    params = {
+                        "state": str(state),
+                        "now": now,
+                        "room": limit - len(ids),
+                        "campaign": campaign,
+                    }
+                    ids += [row[0] for row in s._rows(due, params)]
+            if not ids:
+                return []
+            listed = _id_list(ids)
+            s._execute(_SUPPRESS_CLAIMED, {"now": now}, listed)
+            s._execute(
+                _TAKE,
+                {"token": token, "expires": now + lease, "worker": worker, "now": now},
+                listed,
+            )
+            return s._rows(_CLAIMED, {"token": token}, listed)
+
+        return [
+            Claim(
+                id,
+                key,
+                campaign_name,
+                email,
+                sender,
+                data if type(data) is bytes else bytes(data or b""),
+                attempts,
+                token,
+                worker,
+            )
+            for id, key, campaign_name, email, sender, data, attempts in self._write(work)
+        ]
+
+    def release(
+        self,
+        claims: Iterable[Claim],
+        *,
+        now: datetime | None = None,
+        not_before: datetime | None = None,
+    ) -> int:
+        """See ``release``."""
+        now = now or utcnow()
+        params = [
+            {"id": c.id, "token": c.token, "now": now, "not_before": not_before or now}
+            for c in claims
+        ]
+        return self._write(lambda s: sum(s._execute(_RELEASE, p) for p in params))
+
+    # --- the committing mark and the result ---------------------------------------
+
+    def mark_committing(
+        self, claim: Claim, *, lease: timedelta | None = None, now: datetime | None = None
+    ) -> bool:
+        """See ``mark_committing``."""
+        now = now or utcnow()
+        return self._write(lambda s: s._commit_in(claim, lease=lease, now=now))
+
+    def finish(
+        self,
+        claim: Claim,
+        result: Finish,
+        *,
+        max_attempts: int,
+        retry_backoff: timedelta,
+        server_backoff: timedelta | None = None,
+        now: datetime | None = None,
+    ) -> State | None:
+        """See ``finish``."""
+        now = now or utcnow()
+        return self._write(
+            lambda s: s._finish_in(
+                claim,
+                result,
+                max_attempts=max_attempts,
+                retry_backoff=retry_backoff,
+                server_backoff=server_backoff,
+                now=now,
+            )
+        )
+
+    def finish_and_commit(
+        self,
+        done: tuple[Claim, Finish] | None,
+        claim: Claim,
+        *,
+        max_attempts: int,
+        retry_backoff: timedelta,
+        lease: timedelta | None = None,
+        now: datetime | None = None,
+    ) -> tuple[State | None, bool]:
+        """See ``finish_and_commit``."""
+        now = now or utcnow()
+
+        def work(s: OutboxSession) -> tuple[State | None, bool]:
+            state = None
+            if done is not None:
+                state = s._finish_in(
+                    done[0],
+                    done[1],
+                    max_attempts=max_attempts,
+                    retry_backoff=retry_backoff,
+                    server_backoff=None,
+                    now=now,
+                )
+            return state, s._commit_in(claim, lease=lease, now=now)
+
+        return self._write(work)
+
+    def _commit_in(self, claim: Claim, *, lease: timedelta | None, now: datetime) -> bool:
+        params = {
+            "id": claim.id,
+            "token": claim.token,
+            "now": now,
+            "expires": now + (lease or LEASE_FOR_DATA),
+        }
+        return self._execute(_COMMITTING, params) == 1
+
+    def _finish_in(
+        self,
+        claim: Claim,
+        result: Finish,
+        *,
+        max_attempts: int,
+        retry_backoff: timedelta,
+        server_backoff: timedelta | None,
+        now: datetime,
+    ) -> State | None:
+        outcome = result.outcome
+        error = _describe(result)
+        charged = claim.attempts + 1
+        now = result.at or now
+        values: dict[str, Any] = {
+            "id": claim.id,
+            "token": claim.token,
+            "now": now,
+            "attempts": charged,
+            "next_attempt_at": None,
+            "last_error": error,
+            "queue_id": None,
+            "sent_at": None,
+        }
+        if outcome == "sent":
+            state = State.SENT
+            values.update(queue_id=result.queue_id, sent_at=now, last_error=None)
+        elif outcome == "server_down":
+            # The server, not the message, is the problem: no attempt is charged.
+            state = State.DEFERRED
+            values.update(
+                attempts=claim.attempts, next_attempt_at=now + (server_backoff or retry_backoff)
+            )
+        elif outcome == "deferred":
+            if charged >= max_attempts:
+                state = State.FAILED
+                values.update(last_error=f"gave up after {charged} attempts: {error}")
+            else:
+                state = State.DEFERRED
+                values.update(next_attempt_at=now + backoff_delay(retry_backoff, charged))
+        elif outcome in ("failed", "bounced"):
+            state = State.FAILED
+        elif outcome == "unknown":
+            state = State.UNKNOWN
+        else:  # pragma: no cover - a transport bug
+            raise ValueError(f"unknown delivery outcome {outcome!r}")
+        values["state"] = str(state)
+        updated = self._execute(_FINISH, values)
+        self._execute(
+            _ATTEMPT,
+            {
+                "message_id": claim.id,
+                "at": now,
+                "worker": claim.worker,
+                "smtp_code": result.code,
+                "enhanced_status": result.enhanced,
+                "reply": (result.text or "")[:2000],
+                "outcome": outcome if updated else f"{outcome} (lease lost)"[:20],
+            },
+        )
+        if outcome == "bounced":
+            from engine.suppressions import suppress_in
+
+            source = f"smtp {result.enhanced or result.code}"
+            suppress_in(self.conn, claim.email, reason="hard_bounce", source=source, now=now)
+        return state if updated else None
+
+
+@contextmanager
+def _session(engine: Engine) -> Iterator[OutboxSession]:
+    """A session on a pooled connection, for one call."""
+    with engine.connect() as conn:
+        session = OutboxSession(conn)
+        try:
+            yield session
+        finally:
+            session.close()
+
+
+# --- the same, one call at a time ---------------------------------------------------
 
 
 def claim(
@@ -237,85 +741,8 @@ def claim(
     Messages whose address was suppressed after they were queued become
     ``suppressed`` here instead (an unsubscribe between enqueue and send wins).
     """
-    now = now or utcnow()
-    token = secrets.token_hex(16)
-
-    # One ordered index range per state (ix_messages_state_next): no sort of the
-    # whole backlog for each small claim. Retries first, they have waited longest.
-    def due(state: State, room: int) -> sa.Select:
-        query = sa.select(messages.c.id).where(
-            messages.c.state == str(state), messages.c.next_attempt_at <= now
-        )
-        if campaign is not None:
-            query = query.where(messages.c.campaign == campaign)
-        query = query.order_by(messages.c.next_attempt_at, messages.c.id).limit(room)
-        if not is_sqlite(engine):
-            query = query.with_for_update(skip_locked=True, of=messages)
-        return query
-
-    with write_transaction(engine) as conn:
-        ids = list(conn.execute(due(State.DEFERRED, limit)).scalars())
-        if len(ids) < limit:
-            ids += conn.execute(due(State.QUEUED, limit - len(ids))).scalars()
-        if not ids:
-            return []
-        conn.execute(
-            messages.update()
-            .where(messages.c.id.in_(ids), _suppressed_clause())
-            .values(
-                state=str(State.SUPPRESSED),
-                last_error="address suppressed before sending",
-                next_attempt_at=None,
-                updated_at=now,
-            )
-        )
-        conn.execute(
-            messages.update()
-            .where(messages.c.id.in_(ids), messages.c.state.in_([str(s) for s in PENDING]))
-            .values(
-                state=str(State.SENDING),
-                lease_token=token,
-                lease_expires_at=now + lease,
-                worker=worker,
-                updated_at=now,
-            )
-        )
-        rows = conn.execute(
-            sa.select(
-                messages.c.id,
-                messages.c.key,
-                messages.c.campaign,
-                messages.c.email,
-                messages.c.sender,
-                message_bodies.c.data,
-                messages.c.attempts,
-            )
-            .select_from(messages.outerjoin(message_bodies))
-            .where(messages.c.id.in_(ids), messages.c.lease_token == token)
-            .order_by(messages.c.id)
-        ).all()
-    return [
-        Claim(
-            r.id,
-            r.key,
-            r.campaign,
-            r.email,
-            r.sender,
-            bytes(r.data or b""),
-            r.attempts,
-            token,
-            worker,
-        )
-        for r in rows
-    ]
-
-
-def _owned(claim: Claim, *states: State):
-    return sa.and_(
-        messages.c.id == claim.id,
-        messages.c.lease_token == claim.token,
-        messages.c.state.in_([str(s) for s in states]),
-    )
+    with _session(engine) as session:
+        return session.claim(worker=worker, limit=limit, lease=lease, now=now, campaign=campaign)
 
 
 def mark_committing(
@@ -326,18 +753,8 @@ def mark_committing(
     ``lease`` renews the claim from now: it has to cover the DATA exchange only,
     not the time the message waited behind others of its batch.
     """
-    with write_transaction(engine) as conn:
-        return _commit_in(conn, claim, lease=lease, now=now or utcnow())
-
-
-def _commit_in(conn: Connection, claim: Claim, *, lease: timedelta | None, now: datetime) -> bool:
-    params = {
-        "id": claim.id,
-        "token": claim.token,
-        "now": now,
-        "expires": now + (lease or LEASE_FOR_DATA),
-    }
-    return _execute(conn, _COMMITTING, params) == 1
+    with _session(engine) as session:
+        return session.mark_committing(claim, lease=lease, now=now)
 
 
 def release(
@@ -348,25 +765,8 @@ def release(
     not_before: datetime | None = None,
 ) -> int:
     """Give back claimed messages that were never tried (shutdown, server down)."""
-    now = now or utcnow()
-    count = 0
-    with write_transaction(engine) as conn:
-        for c in claims:
-            result = conn.execute(
-                messages.update()
-                .where(_owned(c, State.SENDING))
-                .values(
-                    state=sa.case(
-                        (messages.c.attempts == 0, str(State.QUEUED)), else_=str(State.DEFERRED)
-                    ),
-                    lease_token=None,
-                    lease_expires_at=None,
-                    next_attempt_at=not_before or now,
-                    updated_at=now,
-                )
-            )
-            count += result.rowcount
-    return count
+    with _session(engine) as session:
+        return session.release(claims, now=now, not_before=not_before)
 
 
 # --- finishing ------------------------------------------------------------------
@@ -403,15 +803,14 @@ def finish(
 
     The attempt row is written either way: it happened, and the log must say so.
     """
-    with write_transaction(engine) as conn:
-        return _finish_in(
-            conn,
+    with _session(engine) as session:
+        return session.finish(
             claim,
             result,
             max_attempts=max_attempts,
             retry_backoff=retry_backoff,
             server_backoff=server_backoff,
-            now=now or utcnow(),
+            now=now,
         )
 
 
@@ -431,132 +830,15 @@ def finish_and_commit(
     way; sharing the transaction halves the commits on the hot path. Returns
     (the state ``done`` reached, whether ``claim`` is still ours).
     """
-    now = now or utcnow()
-    with write_transaction(engine) as conn:
-        state = None
-        if done is not None:
-            state = _finish_in(
-                conn,
-                done[0],
-                done[1],
-                max_attempts=max_attempts,
-                retry_backoff=retry_backoff,
-                server_backoff=None,
-                now=now,
-            )
-        return state, _commit_in(conn, claim, lease=lease, now=now)
-
-
-def _finish_in(
-    conn: Connection,
-    claim: Claim,
-    result: Finish,
-    *,
-    max_attempts: int,
-    retry_backoff: timedelta,
-    server_backoff: timedelta | None,
-    now: datetime,
-) -> State | None:
-    outcome = result.outcome
-    error = _describe(result)
-    charged = claim.attempts + 1
-    now = result.at or now
-    values: dict[str, Any] = {
-        "id": claim.id,
-        "token": claim.token,
-        "now": now,
-        "attempts": charged,
-        "next_attempt_at": None,
-        "last_error": error,
-        "queue_id": None,
-        "sent_at": None,
-    }
-    if outcome == "sent":
-        state = State.SENT
-        values.update(queue_id=result.queue_id, sent_at=now, last_error=None)
-    elif outcome == "server_down":
-        # The server, not the message, is the problem: no attempt is charged.
-        state = State.DEFERRED
-        values.update(
-            attempts=claim.attempts, next_attempt_at=now + (server_backoff or retry_backoff)
+    with _session(engine) as session:
+        return session.finish_and_commit(
+            done,
+            claim,
+            max_attempts=max_attempts,
+            retry_backoff=retry_backoff,
+            lease=lease,
+            now=now,
         )
-    elif outcome == "deferred":
-        if charged >= max_attempts:
-            state = State.FAILED
-            values.update(last_error=f"gave up after {charged} attempts: {error}")
-        else:
-            state = State.DEFERRED
-            values.update(next_attempt_at=now + backoff_delay(retry_backoff, charged))
-    elif outcome in ("failed", "bounced"):
-        state = State.FAILED
-    elif outcome == "unknown":
-        state = State.UNKNOWN
-    else:  # pragma: no cover - a transport bug
-        raise ValueError(f"unknown delivery outcome {outcome!r}")
-    values["state"] = str(state)
-    updated = _execute(conn, _FINISH, values)
-    _execute(
-        conn,
-        _ATTEMPT,
-        {
-            "message_id": claim.id,
-            "at": now,
-            "worker": claim.worker,
-            "smtp_code": result.code,
-            "enhanced_status": result.enhanced,
-            "reply": (result.text or "")[:2000],
-            "outcome": outcome if updated else f"{outcome} (lease lost)"[:20],
-        },
-    )
-    if outcome == "bounced":
-        from engine.suppressions import suppress_in
-
-        source = f"smtp {result.enhanced or result.code}"
-        suppress_in(conn, claim.email, reason="hard_bounce", source=source, now=now)
-    return state if updated else None
-
-
-# The hot path (three statements per message) goes straight to the DBAPI cursor:
-# building, cache-keying and compiling Core statements per message cost more
-# than running them. Named ``:param`` placeholders (pysqlite), rewritten as
-# ``%(param)s`` for psycopg; datetimes in SQLAlchemy's SQLite text format.
-_FINISH = (
-    "UPDATE messages SET state = :state, attempts = :attempts, next_attempt_at = :next_attempt_at,"
-    " last_error = :last_error, queue_id = :queue_id, sent_at = :sent_at, updated_at = :now,"
-    " lease_token = NULL, lease_expires_at = NULL"
-    " WHERE id = :id AND lease_token = :token AND state IN ('sending', 'committing')"
-)
-_ATTEMPT = (
-    "INSERT INTO attempts (message_id, at, worker, smtp_code, enhanced_status, reply, outcome)"
-    " VALUES (:message_id, :at, :worker, :smtp_code, :enhanced_status, :reply, :outcome)"
-)
-_COMMITTING = (
-    "UPDATE messages SET state = 'committing', updated_at = :now, lease_expires_at = :expires"
-    " WHERE id = :id AND lease_token = :token AND state = 'sending'"
-)
-_PLACEHOLDER = re.compile(r":([a-z_]+)")
-_SQLITE_TIME = "%Y-%m-%d %H:%M:%S.%f"  # what sa.DateTime stores on SQLite
-
-
-@functools.cache
-def _for_psycopg(sql: str) -> str:
-    return _PLACEHOLDER.sub(r"%(\1)s", sql)
-
-
-def _execute(conn: Connection, sql: str, params: dict[str, Any]) -> int:
-    """Run one hot-path statement on the connection's DBAPI cursor; returns the row count."""
-    if conn.dialect.name == "sqlite":
-        params = {
-            k: v.strftime(_SQLITE_TIME) if isinstance(v, datetime) else v for k, v in params.items()
-        }
-    else:
-        sql = _for_psycopg(sql)
-    cursor = conn.connection.dbapi_connection.cursor()
-    try:
-        cursor.execute(sql, params)
-        return cursor.rowcount
-    finally:
-        cursor.close()
 
 
 def _describe(result: Finish) -> str:

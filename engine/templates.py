@@ -25,6 +25,7 @@ import secrets
 import string
 import traceback
 from collections.abc import Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from itertools import islice
@@ -48,6 +49,7 @@ MAX_OUTPUT = 1_000_000  # characters of one rendered part
 MAX_STRING = 100_000  # characters of any string built while rendering
 MAX_INT_BITS = 256  # integers beyond ~10**77 are refused
 MAX_INCLUDE_DEPTH = 12
+MAX_RANGE_ITEMS = 100_000  # items that range() may produce in one rendered part
 
 
 # --- the sandbox ---------------------------------------------------------------
@@ -772,11 +774,33 @@ def _reason(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+_range_budget: ContextVar[list[int] | None] = ContextVar("range_budget", default=None)
+
+
+def _budgeted_range(*args: int) -> range:
+    """``range`` for templates: at most ``MAX_RANGE_ITEMS`` items in one rendered part.
+
+    Loops that print nothing escape the output cap; nested ``range`` loops are the
+    one way a template can spin for minutes, so their items share one budget.
+    """
+    items = range(*args)
+    budget = _range_budget.get()
+    spent = len(items) + (0 if budget is None else budget[0])
+    if spent > MAX_RANGE_ITEMS:
+        raise SecurityError(
+            f"range() would produce more than {MAX_RANGE_ITEMS:,} items in one message"
+        )
+    if budget is not None:
+        budget[0] = spent
+    return items
+
+
 def _render_capped(template: jinja2.Template, ctx: Mapping[str, Any]) -> str:
     """Render, refusing output above ``MAX_OUTPUT`` while it is produced (checked every 256 pieces)."""
     pieces = template.root_render_func(template.new_context(ctx))  # new_context copies ctx
     parts: list[str] = []
     size = 0
+    budget_token = _range_budget.set([0])
     try:
         while True:
             batch = list(islice(pieces, 256))
@@ -789,6 +813,8 @@ def _render_capped(template: jinja2.Template, ctx: Mapping[str, Any]) -> str:
     except Exception:
         # Re-raised with the traceback rewritten to template files and lines.
         template.environment.handle_exception()
+    finally:
+        _range_budget.reset(budget_token)
     return "".join(parts)
 
 
@@ -811,6 +837,7 @@ def _make_env(root: Path, autoescape: bool) -> _Sandbox:
     )
     env.globals.pop("lipsum", None)  # can produce text of any length
     env.globals["namespace"] = _Namespace
+    env.globals["range"] = _budgeted_range
     env.filters.update(
         center=_filter_center,
         indent=_filter_indent,
@@ -950,11 +977,17 @@ class TemplateSet:
                     line,
                     f'`{kind}` needs one quoted template name, such as "partials/button.html"',
                 )
+            named = literal.group(2)
+            if not (self.root / named).is_file() and not (kind == "include" and literal.group(3)):
+                # Named here, at the line that asks for it (the missing file has no line).
+                raise TemplateError(
+                    path, line, f"{kind} {named!r}: there is no {self.root / named}"
+                )
             if kind == "extends":
-                parent = literal.group(2)
+                parent = named
                 continue
             out.append(src[pos : match.start()])
-            included = literal.group(2)
+            included = named
             if literal.group(3) and not (self.root / included).is_file():
                 pass  # ignore missing
             else:

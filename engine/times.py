@@ -24,7 +24,10 @@ def parse_duration(text: str, units: str = "smhdw") -> timedelta:
         forms = ", ".join(f"N{u}" for u in units)
         raise ValueError(f"{text!r} is not a duration (use {forms}, e.g. 30{units[-1]})")
     number, unit = int(match.group(1)), match.group(2)
-    return timedelta(**{_UNITS[unit]: number})
+    try:
+        return timedelta(**{_UNITS[unit]: number})
+    except OverflowError:
+        raise ValueError(f"{text!r} is too long to be a duration") from None
 
 
 @dataclass(frozen=True)

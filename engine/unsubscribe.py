@@ -85,6 +85,11 @@ def signer_for(settings: Settings, *, sending: bool = False) -> Signer:
 
 
 def verify_token(settings: Settings, token: str) -> Unsubscribe:
+    """Check a token from an unsubscribe link or mail. Needs the real key, never the development one."""
+    if settings.secret_key is None:
+        # The development key is public (it is in this file): accepting it would let anyone
+        # forge an unsubscribe for any merchant.
+        raise TokenError("CAMPAIGN_SECRET_KEY is not set: unsubscribe tokens cannot be checked")
     return signer_for(settings).verify(token)
 
 

@@ -11,6 +11,10 @@ import yaml
 
 Path_ = tuple[str | int, ...]
 
+# A document expands aliases into plain data: cap the work so that a file of nested
+# aliases (a "billion laughs") is refused instead of eating memory.
+MAX_NODES = 100_000
+
 
 @dataclass
 class YamlDocument:
@@ -20,6 +24,7 @@ class YamlDocument:
     data: Any
     lines: dict[Path_, int] = field(default_factory=dict)
     key_lines: dict[Path_, int] = field(default_factory=dict)
+    nodes: int = 0
 
     def line(self, loc: Sequence[str | int] = ()) -> int:
         """The line of the value at ``loc``, or of its nearest ancestor that is known."""
@@ -41,12 +46,25 @@ class YamlSyntaxError(ValueError):
         super().__init__(message)
 
 
-def _build(node: yaml.Node, loc: Path_, doc: YamlDocument) -> Any:
+def _build(
+    node: yaml.Node, loc: Path_, doc: YamlDocument, active: frozenset[int] = frozenset()
+) -> Any:
     doc.lines[loc] = node.start_mark.line + 1
+    doc.nodes += 1
+    if doc.nodes > MAX_NODES:
+        raise YamlSyntaxError(
+            node.start_mark.line + 1, f"the document expands to more than {MAX_NODES:,} values"
+        )
+    if isinstance(node, yaml.MappingNode | yaml.SequenceNode):
+        if id(node) in active:
+            raise YamlSyntaxError(
+                node.start_mark.line + 1, "an alias refers to itself (the anchor is on this line)"
+            )
+        active = active | {id(node)}
     if isinstance(node, yaml.MappingNode):
         result: dict[Any, Any] = {}
         for key_node, value_node in node.value:
-            key = _build(key_node, (*loc, "<key>"), doc)
+            key = _build(key_node, (*loc, "<key>"), doc, active)
             doc.lines.pop((*loc, "<key>"), None)
             if not isinstance(key, str | int | float | bool) or key is None:
                 raise YamlSyntaxError(
@@ -55,11 +73,19 @@ def _build(node: yaml.Node, loc: Path_, doc: YamlDocument) -> Any:
             if key in result:
                 raise YamlSyntaxError(key_node.start_mark.line + 1, f"duplicate key {key!r}")
             doc.key_lines[(*loc, key)] = key_node.start_mark.line + 1
-            result[key] = _build(value_node, (*loc, key), doc)
+            result[key] = _build(value_node, (*loc, key), doc, active)
         return result
     if isinstance(node, yaml.SequenceNode):
-        return [_build(item, (*loc, i), doc) for i, item in enumerate(node.value)]
-    return yaml.SafeLoader(" ").construct_object(node, deep=True)
+        return [_build(item, (*loc, i), doc, active) for i, item in enumerate(node.value)]
+    try:
+        return yaml.SafeLoader(" ").construct_object(node, deep=True)
+    except (ValueError, OverflowError) as exc:
+        # An impossible date such as 2026-13-45 (PyYAML raises a bare ValueError).
+        kind = str(node.tag).rsplit(":", 1)[-1]
+        raise YamlSyntaxError(
+            node.start_mark.line + 1,
+            f"not valid YAML: {node.value!r} is not a valid {kind} ({exc})",
+        ) from None
 
 
 def parse_yaml(text: str, path: Path | str = "<string>") -> YamlDocument:

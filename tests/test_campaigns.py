@@ -206,6 +206,12 @@ MISTAKES = {
     "schedule-never-fires": (BROADCAST + 'schedule: "0 9 31 2 *"\n', 6, ["never fires"]),
     "bad-timezone": (BROADCAST + "timezone: Asia/Bandung\n", 6, ["not an IANA time zone"]),
     "bad-reenter-after": (DRIP + "reenter_after: soon\n", 7, ["not a duration"]),
+    "reenter-after-a-date": (
+        DRIP + "reenter_after: 2026-12-01\n",
+        7,
+        ["reenter_after: 2026-12-01 is not a duration"],
+    ),
+    "impossible-date": (DRIP + "reenter_after: 2026-13-01\n", 7, ["not a valid timestamp"]),
     "not-a-mapping": ("- kind: drip\n", 1, ["must be a mapping"]),
     "yaml-syntax": (BROADCAST + "holdout: [10%\n", 7, ["not valid YAML"]),
 }

@@ -75,7 +75,18 @@ def test_toml_and_environment(tmp_path):
             '[unsubscribe]\nbase_url = "crm"\n',
             r"unsubscribe.base_url: 'crm' is not an http\(s\) URL",
         ),
-        ("[project\n", r"campaign.toml: not valid TOML"),
+        ('[delivery]\nlease = "0s"\n', r"campaign.toml:2: delivery.lease: '0s' must be longer"),
+        ('[scheduler]\ntick = "0m"\n', r"campaign.toml:2: scheduler.tick: '0m' must be longer"),
+        ("[project\n", r"campaign.toml:1: not valid TOML: Expected"),
+        ("[project]\nx = = 1\n", r"campaign.toml:2: not valid TOML: Invalid value"),
+        (
+            '[unsubscribe]\nmailto = "not an email"\n',
+            r"campaign.toml:2: unsubscribe.mailto: 'not an email' is not a valid email address",
+        ),
+        (
+            '[limits]\nfrequency_cap_exempt = ["onboardin"]\n',
+            r"campaign.toml:2: limits.frequency_cap_exempt: unknown topic 'onboardin'",
+        ),
     ],
 )
 def test_bad_settings_name_file_line_and_key(tmp_path, toml, message):
@@ -92,6 +103,9 @@ def test_bad_settings_name_file_line_and_key(tmp_path, toml, message):
         ("smtps://h:465?starttls=true", "already TLS"),
         ("smtp://h?starttls=maybe", "starttls must be true or false"),
         ("smtp://h?verify=no", "unknown option 'verify'"),
+        ("smtp://h?timeout=abc", "timeout must be a number of seconds above zero"),
+        ("smtp://h?timeout=-1", "timeout must be a number of seconds above zero"),
+        ("smtp://h?timeout=nan", "timeout must be a number of seconds above zero"),
     ],
 )
 def test_bad_smtp_urls(url, message):
@@ -113,6 +127,12 @@ def test_cli_reports_bad_settings_in_one_sentence(tmp_path):
     assert result.exit_code == 1
     assert "delivery.rate: 'fast' is not a rate" in result.stderr
     assert "Traceback" not in result.output
+
+
+def test_a_settings_file_that_is_not_utf8_is_one_sentence(tmp_path):
+    (tmp_path / "campaign.toml").write_bytes(b"\xff\xfe[project]\n")
+    with pytest.raises(SettingsError, match=r"campaign.toml: not UTF-8 text"):
+        load_settings(tmp_path, env={})
 
 
 def test_unreachable_database_is_one_sentence(tmp_path):

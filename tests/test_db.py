@@ -34,3 +34,23 @@ def test_sqlite_uses_wal_and_foreign_keys(tmp_path):
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
     assert current_revision(engine) == head_revision()
     engine.dispose()
+
+
+def test_a_schema_that_cannot_be_created_is_one_sentence(db_url):
+    """A search_path naming a missing schema (PostgreSQL) or a read-only file (SQLite)."""
+    from click.testing import CliRunner
+
+    from engine.cli import cli
+
+    if db_url.startswith("sqlite"):
+        # A database file the process may read but not change: the schema cannot be created.
+        sa.create_engine(db_url).dispose()
+        db_url = db_url + "?mode=ro"
+        url = db_url.replace("sqlite:///", "sqlite:///file:") + "&uri=true"
+    else:
+        url = db_url.rsplit("%3D", 1)[0] + "%3Dno_such_schema_here"
+    result = CliRunner().invoke(cli, ["db", "upgrade"], env={"CAMPAIGN_DATABASE_URL": url})
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    assert "the database" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

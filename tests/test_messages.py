@@ -17,7 +17,7 @@ from template_fixtures import NOW, make_templates, merchant, stats
 
 from engine.campaigns import Campaign, Step
 from engine.config import load_settings
-from engine.errors import HeaderError
+from engine.errors import CampaignError, HeaderError
 from engine.messages import (
     MessageBuilder,
     RenderedMessage,
@@ -311,6 +311,21 @@ def test_dkim_signature_covers_list_unsubscribe_and_verifies(tmp_path):
         b"List-Unsubscribe-Post: List-Unsubscribe=One-Click", b"List-Unsubscribe-Post: nothing"
     )
     assert not dkim.verify(tampered, dnsfunc=dns)
+
+
+def test_a_dkim_key_that_is_not_a_key_is_one_sentence_before_any_message(tmp_path):
+    pytest.importorskip("dkim")
+    key = tmp_path / "dkim.pem"
+    key.write_text("this is not a key\n")
+    make_templates(tmp_path)
+    (tmp_path / "campaign.toml").write_text('[dkim]\ndomain = "tokoku.id"\nselector = "mail"\n')
+    settings = load_settings(
+        tmp_path, env={"CAMPAIGN_SECRET_KEY": SECRET, "CAMPAIGN_DKIM_KEY_FILE": str(key)}
+    )
+    with pytest.raises(CampaignError) as info:
+        MessageBuilder(settings, _campaign(), TemplateSet(settings.templates_dir, "id"))
+    assert str(info.value).startswith(f"CAMPAIGN_DKIM_KEY_FILE: {key} is not a PEM private key (")
+    assert "\n" not in str(info.value)
 
 
 def test_dates_are_rendered_in_the_merchants_zone(builder):

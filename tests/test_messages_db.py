@@ -183,6 +183,39 @@ def test_render_command_writes_eml_and_html(seeded, tmp_path, db_url):
     assert missing.exit_code == 1 and "no merchant '999'" in missing.output
 
 
+def test_render_of_a_hostile_store_name_is_one_clear_sentence(seeded, tmp_path, db_url):
+    """A line feed in merchant data refuses that message, naming the merchant once."""
+    with seeded.begin() as conn:
+        conn.execute(
+            sa.update(merchants).where(merchants.c.id == 4).values(store_name="Toko\nBcc: x@y.id")
+        )
+    project = _example_project(tmp_path, db_url)
+    env = {"CAMPAIGN_DATABASE_URL": db_url, "CAMPAIGN_SECRET_KEY": SECRET}
+    result = CliRunner().invoke(
+        cli,
+        ["render", "promo-harbolnas-1212", "--merchant", "4", "--project", str(project)],
+        env=env,
+    )
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output
+    assert result.stderr.strip() == (
+        "Error: merchant 4 (toko4@contoh.id): subject contains a line feed (LF)"
+    )
+    # The dry run of a campaign that reaches that merchant says the same, once.
+    (project / "segments" / "only-four.yaml").write_text("rules: {field: id, eq: 4}\n")
+    (project / "campaigns" / "to-four.yaml").write_text(
+        "kind: broadcast\ntopic: promo\nsegment: only-four\nfrom: a@example.id\n"
+        "template: promo/harbolnas-1212\n"
+    )
+    result = CliRunner().invoke(
+        cli, ["send", "to-four", "--dry-run", "--project", str(project)], env=env
+    )
+    assert result.exit_code == 1
+    assert result.stderr.strip() == (
+        "render error for merchant 4 (toko4@contoh.id): subject contains a line feed (LF)"
+    )
+
+
 def test_check_passes_on_the_example_project(tmp_path, db_url, seeded):
     project = _example_project(tmp_path, db_url)
     env = {"CAMPAIGN_DATABASE_URL": db_url}

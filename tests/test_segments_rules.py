@@ -162,6 +162,49 @@ rules:
         ("rules:\n  field: plan\n  metric: orders\n  eq: 1\n", 2, ["not field and metric"]),
         ("- just\n- a list\n", 1, ["a segment file is a mapping"]),
         ("description: [1]\nrules:\n  field: plan\n  eq: pro\n", 1, ["description must be text"]),
+        # Values YAML itself cannot build, and values the clock or the database cannot hold:
+        # each one sentence with its line, never a traceback.
+        (
+            "rules:\n  field: last_login_at\n  after: 2026-13-45\n",
+            3,
+            ["not valid YAML", "'2026-13-45' is not a valid timestamp"],
+        ),
+        ("rules: &loop\n  all:\n    - *loop\n", 1, ["an alias refers to itself"]),
+        (
+            "rules:\n  metric: orders\n  window: 1000000000d\n  eq: 0\n",
+            3,
+            ["window '1000000000d' is too long", "36500d"],
+        ),
+        (
+            "rules:\n  field: last_login_at\n  after: 999999d\n",
+            3,
+            ["after on field 'last_login_at'", "'999999d' is too long"],
+        ),
+        (
+            "rules:\n  field: last_login_at\n  within: 99999999999w\n",
+            3,
+            ["within on field 'last_login_at'", "too long"],
+        ),
+        (
+            "rules:\n  field: last_login_at\n  after: '0001-01-01T00:00:00+07:00'\n",
+            3,
+            ["is out of range"],
+        ),
+        (
+            "rules:\n  field: id\n  eq: 99999999999999999999999\n",
+            3,
+            ["eq on field 'id'", "the number 99999999999999999999999 is too large"],
+        ),
+        (
+            "rules:\n  field: attributes.products\n  in: [1, -99999999999999999999999]\n",
+            3,
+            ["too large"],
+        ),
+        (
+            "rules:\n  metric: revenue\n  window: 30d\n  gte: .nan\n",
+            4,
+            ["expected a finite number, found nan"],
+        ),
     ],
 )
 def test_every_mistake_names_the_file_the_line_and_what_is_valid(tmp_path, text, line, words):
@@ -307,3 +350,12 @@ def test_campaign_schema_segment_writes_the_schema(tmp_path):
     result = runner.invoke(cli, ["schema", "segment", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert out.read_text(encoding="utf-8") == schema_text()
+
+
+def test_nested_aliases_that_expand_without_end_are_refused(tmp_path):
+    """A "billion laughs" file is one error, not minutes of work and gigabytes of memory."""
+    lines = ['a: &a ["x", "x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    for prev, name in zip("abcdef", "bcdefg", strict=True):
+        lines.append(f"{name}: &{name} [{', '.join(['*' + prev] * 10)}]")
+    problem = one_problem(tmp_path, "\n".join([*lines, "rules: {field: plan, eq: pro}", ""]))
+    assert "expands to more than 100,000 values" in str(problem)

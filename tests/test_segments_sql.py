@@ -382,6 +382,10 @@ def test_segment_commands_report_mistakes_in_one_sentence(cli_project, project_e
     assert "no segment named 'nope' (segments: pro, sellers)" in result.output
     result = run(project_env, "segment", "count", "pro", *base, "--now", "soon")
     assert result.exit_code == 1 and "--now 'soon'" in result.output
+    for far in ("0001-01-02", "0001-01-01T00:00+07:00", "9999-12-31"):
+        result = run(project_env, "segment", "count", "sellers", *base, "--now", far)
+        assert result.exit_code == 1, far
+        assert f"--now '{far}' is out of range" in result.output
     (cli_project / "segments" / "bad.yaml").write_text("rules:\n  field: plan\n  before: 3d\n")
     result = run(project_env, "segment", "list", *base)
     assert result.exit_code == 1
@@ -390,3 +394,17 @@ def test_segment_commands_report_mistakes_in_one_sentence(cli_project, project_e
         in result.output
     )
     assert "Traceback" not in result.output
+
+
+def test_segment_list_outside_a_project_leaves_no_database_behind(tmp_path, project_env):
+    """Run in the wrong folder, `segment list` says so and creates nothing there."""
+    folder = tmp_path / "not-a-project"
+    folder.mkdir()
+    env = {**project_env, "CAMPAIGN_DATABASE_URL": ""}
+    result = run(env, "segment", "list", "--project", str(folder))
+    assert result.exit_code == 0
+    assert f"there is no folder {folder / 'segments'}" in result.output
+    assert list(folder.iterdir()) == []
+    result = run(env, "segment", "list", "--project", str(folder), "--format", "json")
+    assert json.loads(result.output) == []
+    assert list(folder.iterdir()) == []

@@ -69,7 +69,7 @@ def test_cli_suppress(project, project_dir, project_env):
     listed = json.loads(result.output)
     assert [(r["email"], r["topic"], r["reason"]) for r in listed] == [
         ("budi@example.id", "promo", "unsubscribe"),
-        ("rina@example.id", "*", "manual"),
+        ("rina@example.id", "all", "manual"),  # stored as "*", shown as the word users type
     ]
     assert {"email", "reason", "topic", "created_at"} <= set(listed[0])
     result = runner.invoke(cli, ["suppress", "list", "--format", "csv", *base], env=env)

@@ -107,3 +107,23 @@ def test_output_is_capped(project):
     )
     with pytest.raises(TemplateError, match="output is longer than"):
         templates.get("big", "id").render(context())
+
+
+def test_nested_loops_that_print_nothing_cannot_spin(project):
+    body = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}\n"
+    templates = TemplateSet(
+        make_templates(project, {"templates/spin.id.html": f'---\nsubject: "x"\n---\n{body}'}), "id"
+    )
+    started = time.monotonic()
+    with pytest.raises(
+        TemplateError, match=r"spin\.id\.html:\d+: .*range\(\) would produce more than"
+    ):
+        templates.get("spin", "id").render(context())
+    assert time.monotonic() - started < 5
+    # An ordinary loop keeps working, and the budget is per message, not per process.
+    small = "{% for i in range(3) %}{{ i }}{% endfor %}\n"
+    templates = TemplateSet(
+        make_templates(project, {"templates/ok.id.html": f'---\nsubject: "x"\n---\n{small}'}), "id"
+    )
+    for _ in range(3):
+        assert "012" in templates.get("ok", "id").render(context()).html

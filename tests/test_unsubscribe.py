@@ -103,3 +103,6 @@ def test_settings_key_and_development_key(tmp_path):
         verify_token(with_key, dev.token(7, "promo"))
     with pytest.raises(DeliveryError, match="CAMPAIGN_SECRET_KEY"):
         signer_for(without, sending=True)
+    # Without the key nothing verifies, not even a token made with the public development key.
+    with pytest.raises(TokenError, match="CAMPAIGN_SECRET_KEY is not set"):
+        verify_token(without, dev.token(7, "promo"))

@@ -108,9 +108,9 @@ def _print_send(report, out_dir: Path | None) -> None:
             f"new in the outbox: {report.enqueued}; resumed from an earlier send: {report.pending}."
         )
     for error in report.render_errors[:SAMPLE]:
-        echo_err(
-            f"render error for merchant {error['merchant_id']} ({error['email']}): {error['reason']}"
-        )
+        # The reason may already start with "merchant N: " (header checks): name the merchant once.
+        reason = str(error["reason"]).removeprefix(f"merchant {error['merchant_id']}: ")
+        echo_err(f"render error for merchant {error['merchant_id']} ({error['email']}): {reason}")
     if out_dir is not None and report.messages:
         click.echo(f"wrote {len(report.messages)} .eml files to {out_dir}")
     for note in report.notes:
@@ -204,10 +204,12 @@ def suppress_list(
     email: str | None, topic: str | None, output_format: str, project_dir: Path
 ) -> None:
     """Show the suppression list."""
-    from engine.suppressions import list_suppressions
+    from engine.suppressions import ALL_TOPICS, list_suppressions
 
     project = load_project(project_dir)
     rows = list_suppressions(project.database(), email=email, topic=topic)
+    # Stored as "*"; shown as "all", the word `suppress add --topic all` takes.
+    rows = [{**r, "topic": "all" if r["topic"] == ALL_TOPICS else r["topic"]} for r in rows]
     columns = ("email", "reason", "topic", "created_at", "source")
     if output_format == "json":
         print_json(
@@ -236,6 +238,12 @@ def report(campaign: str | None, output_format: str, project_dir: Path) -> None:
     project = load_project(project_dir)
     rows = campaign_report(project.database(), campaign)
     if campaign is not None and not rows:
+        path = project.settings.campaigns_dir / f"{campaign}.yaml"
+        if not path.is_file():
+            # A typo must not read as "not sent yet"; a deleted campaign's history still reports.
+            raise CampaignError(
+                f"no campaign named {campaign!r}: there is no {path} and nothing was sent under that name"
+            )
         raise CampaignError(f"nothing has been sent for campaign {campaign!r} yet")
     if output_format == "json":
         print_json(rows)

@@ -27,6 +27,12 @@ class CampaignGroup(click.Group):
             raise click.ClickException(
                 f"the database cannot be used: {orig[0] if orig else exc.__class__.__name__}"
             ) from None
+        except OSError as exc:
+            # A file or folder that cannot be read or written (--out in a missing or read-only
+            # place): the environment, not a bug, so one sentence. Other OS errors stay loud.
+            if exc.filename is None:
+                raise
+            raise click.ClickException(f"{exc.filename}: {exc.strerror or exc}") from None
 
 
 def project_option(func):
@@ -79,12 +85,19 @@ def parse_now(value: str | None) -> datetime | None:
     """The ``--now`` value as naive UTC, or None when it was not given."""
     if value is None:
         return None
+    out_of_range = f"--now {value!r} is out of range (use a year from 1900 to 9000)"
     try:
-        return parse_timestamp(value)
+        now = parse_timestamp(value)
+    except OverflowError:
+        raise CampaignError(out_of_range) from None
     except ValueError:
         raise CampaignError(
             f"--now {value!r} is not an ISO 8601 time (e.g. 2026-12-01T09:00)"
         ) from None
+    # Windows reach 200 years back and delays run forward: keep the clock arithmetic in range.
+    if not 1900 <= now.year <= 9000:
+        raise CampaignError(out_of_range)
+    return now
 
 
 def is_terminal() -> bool:

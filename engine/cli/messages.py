@@ -113,7 +113,9 @@ def render(
             step=step if loaded.kind == "drip" else None,
         )[0]
     if isinstance(result, RenderFailure):
-        raise CampaignError(f"merchant {result.merchant_id} ({result.email}): {result.reason}")
+        # Header checks already name the merchant ("merchant 7: subject contains ..."): once is enough.
+        reason = result.reason.removeprefix(f"merchant {result.merchant_id}: ")
+        raise CampaignError(f"merchant {result.merchant_id} ({result.email}): {reason}")
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         stem = _file_stem(result.key)

@@ -15,6 +15,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+PIPED_WIDTH = 1000  # columns for a table written to a pipe or a file
+
 
 def _default(value: Any) -> Any:
     if isinstance(value, datetime | date):
@@ -26,27 +28,33 @@ def print_json(data: Any) -> None:
     click.echo(json.dumps(data, ensure_ascii=False, indent=2, default=_default))
 
 
+def _csv_cell(value: Any) -> Any:
+    if isinstance(value, dict | list):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, datetime | date):
+        return value.isoformat()  # the same text as the JSON form (and as `import` reads)
+    return value
+
+
 def print_csv(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
     writer = csv.DictWriter(sys.stdout, fieldnames=list(columns), extrasaction="ignore")
     writer.writeheader()
     for row in rows:
-        writer.writerow(
-            {
-                k: (json.dumps(v, ensure_ascii=False) if isinstance(v, dict | list) else v)
-                for k, v in row.items()
-            }
-        )
+        writer.writerow({k: _csv_cell(v) for k, v in row.items()})
 
 
 def print_table(
     rows: Iterable[Sequence[Any]], columns: Sequence[str], title: str | None = None
 ) -> None:
-    table = Table(title=title, show_lines=False)
+    # A title wider than the columns would wrap over two lines: widen the table instead.
+    table = Table(title=title, show_lines=False, min_width=len(title) + 4 if title else None)
     for column in columns:
         table.add_column(column)
     for row in rows:
         table.add_row(*("" if v is None else str(v) for v in row))
-    Console().print(table)
+    # On a terminal rich fits the table to the window. Piped, it would squeeze it into 80
+    # columns and cut names short ("promo…"): give it room, so that every cell is whole.
+    Console(width=None if sys.stdout.isatty() else PIPED_WIDTH).print(table)
 
 
 def echo_err(message: str) -> None:

@@ -46,7 +46,8 @@ def segment_list(project_dir: Path, now_text: str | None, output_format: str) ->
     """Every segment with its description and how many merchants are in it now."""
     project, segments = _load(project_dir)
     now = parse_now(now_text) or utcnow()
-    engine = project.database()
+    # No segments, no database: run in the wrong folder, this must not leave a campaign.db behind.
+    engine = project.database() if segments else None
     rows = [
         {
             "segment": name,
@@ -55,12 +56,15 @@ def segment_list(project_dir: Path, now_text: str | None, output_format: str) ->
         }
         for name, seg in segments.items()
     ]
+    folder = project.settings.segments_dir
     if output_format == "json":
         print_json(rows)
     elif output_format == "csv":
         print_csv(rows, ("segment", "description", "count"))
+    elif not rows and not folder.is_dir():
+        click.echo(f"No segments: there is no folder {folder} (is this a campaign project?).")
     elif not rows:
-        click.echo(f"No segments in {project.settings.segments_dir}.")
+        click.echo(f"No segments in {folder}.")
     else:
         print_table(
             ((r["segment"], r["description"], r["count"]) for r in rows),

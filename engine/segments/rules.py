@@ -7,6 +7,7 @@ are both built from it, so the editor's autocompletion and the loader never disa
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +27,10 @@ TEXT, NUMBER, TIMESTAMP, JSON = "text", "number", "timestamp", "json"
 
 ATTRIBUTE_KEY = re.compile(r"^[A-Za-z0-9_]+$")
 WINDOW_UNITS = "hdw"
+# Longer spans mean nothing for merchants and would overflow the clock arithmetic (now - span).
+MAX_SPAN = timedelta(days=36500)
+# Values are bound as 64-bit integers by both databases.
+MAX_INT = 2**63 - 1
 SEGMENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -183,6 +188,28 @@ def _names(values: Sequence[str]) -> str:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _in_range(value: Any) -> Any:
+    """A number the databases can compare: finite, and a 64-bit integer when whole."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise _Invalid(f"expected a finite number, found {value}")
+    if isinstance(value, int) and not -MAX_INT <= value <= MAX_INT:
+        raise _Invalid(f"the number {value} is too large (at most {MAX_INT:,} either way)")
+    return value
+
+
+def _span(text: str) -> timedelta:
+    """``14d`` → timedelta; ``ValueError`` when not a duration, ``_Invalid`` when too long."""
+    try:
+        span = parse_duration(text, WINDOW_UNITS)
+    except ValueError:
+        if not re.fullmatch(rf"\s*\d+\s*[{WINDOW_UNITS}]\s*", text):
+            raise
+        span = None  # well formed, but beyond what a timedelta holds
+    if span is None or span > MAX_SPAN:
+        raise _Invalid(f"the duration {text!r} is too long (at most {MAX_SPAN.days}d)")
+    return span
 
 
 def _describe(value: Any) -> str:
@@ -357,9 +384,14 @@ class _RuleParser:
 
     def window(self, loc: tuple, value: Any) -> timedelta | None:
         try:
-            span = parse_duration(str(value), WINDOW_UNITS) if isinstance(value, str) else None
+            span = _span(str(value)) if isinstance(value, str) else None
         except ValueError:
             span = None
+        except _Invalid:
+            self.fail(
+                self.doc.line(loc), f"window {value!r} is too long (at most {MAX_SPAN.days}d)"
+            )
+            return None
         if span is None or span <= timedelta(0):
             self.fail(
                 self.doc.line(loc),
@@ -426,26 +458,31 @@ def _scalar(kind: str, value: Any) -> Any:
     if kind == NUMBER:
         if not _is_number(value):
             raise _Invalid(f"expected a number, found {_describe(value)}")
-        return value
+        return _in_range(value)
     # JSON attribute: compared as a JSON value of the same type.
     if not (isinstance(value, str | bool) or _is_number(value)):
         raise _Invalid(f"expected text, a number or true/false, found {_describe(value)}")
-    return value
+    return _in_range(value) if _is_number(value) else value
 
 
 def _when(value: Any) -> timedelta | datetime:
     """A duration ago (``14d``) or an ISO date/time (naive UTC)."""
-    if isinstance(value, datetime):
-        return to_utc(value)
-    if isinstance(value, date):
-        return datetime(value.year, value.month, value.day)
+    try:
+        if isinstance(value, datetime):
+            return to_utc(value)
+        if isinstance(value, date):
+            return datetime(value.year, value.month, value.day)
+    except OverflowError:
+        raise _Invalid(f"the time {value} is out of range") from None
     if isinstance(value, str):
         try:
-            return parse_duration(value, WINDOW_UNITS)
+            return _span(value)
         except ValueError:
             pass
         try:
             return parse_timestamp(value)
+        except OverflowError:
+            raise _Invalid(f"the time {value!r} is out of range") from None
         except ValueError:
             pass
     raise _Invalid(
@@ -462,7 +499,7 @@ def _check_value(kind: str, op: str, value: Any) -> Any:
         return _when(value)
     if op == "within":
         try:
-            span = parse_duration(value, WINDOW_UNITS) if isinstance(value, str) else None
+            span = _span(value) if isinstance(value, str) else None
         except ValueError:
             span = None
         if span is None:

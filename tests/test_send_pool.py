@@ -1,0 +1,68 @@
+"""Large sends render in a child process, and in this one while the child starts.
+
+Whichever process renders a batch, every merchant gets one message, the same
+bytes, and the report lists the messages in audience order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import timedelta
+
+import pytest
+from conftest import write_files
+from test_send import FILES
+
+from engine.config import DeliverySettings
+from engine.models import merchants
+from engine.sending import send_campaign
+from engine.times import parse_rate, utcnow
+
+MERCHANTS = 260  # six batches of 50 (the smallest batch): several while the child starts
+
+
+@pytest.fixture
+def crowd(project, project_dir):
+    write_files(project_dir, FILES)
+    with project.engine.begin() as conn:
+        conn.execute(
+            merchants.insert(),
+            [
+                {
+                    "id": i,
+                    "external_id": f"m{i}",
+                    "email": f"m{i}@example.id",
+                    "name": f"Merchant {i}",
+                    "store_name": f"Toko {i}",
+                    "attributes": {"greeting": "apa kabar"},
+                }
+                for i in range(1, MERCHANTS + 1)
+            ],
+        )
+    delivery = DeliverySettings(
+        connections=3, rate=parse_rate("5000/s"), retry_backoff=timedelta(seconds=1), batch_size=50
+    )
+    project.settings = dataclasses.replace(project.settings, delivery=delivery)
+    return project
+
+
+def test_a_pool_send_renders_the_same_messages_and_sends_each_once(crowd, smtp_server, tmp_path):
+    crowd.settings = dataclasses.replace(crowd.settings, smtp=smtp_server.settings())
+    now = utcnow()
+    here = send_campaign(
+        crowd, "news", now=now, dry_run=True, render_workers=0, out_dir=tmp_path / "a"
+    )
+    there = send_campaign(
+        crowd, "news", now=now, dry_run=True, render_workers=1, out_dir=tmp_path / "b"
+    )
+    assert there.messages == here.messages
+    assert [m["merchant_id"] for m in there.messages] == list(range(1, MERCHANTS + 1))
+    for eml in (tmp_path / "a").glob("*.eml"):
+        assert (tmp_path / "b" / eml.name).read_bytes() == eml.read_bytes()
+    assert len(list((tmp_path / "b").glob("*.eml"))) == MERCHANTS
+
+    report = send_campaign(crowd, "news", now=now, render_workers=1)
+    assert report.states == {"sent": MERCHANTS}
+    assert [m["merchant_id"] for m in report.messages] == list(range(1, MERCHANTS + 1))
+    recipients = smtp_server.recipients()
+    assert sorted(recipients) == sorted(f"m{i}@example.id" for i in range(1, MERCHANTS + 1))
