@@ -19,6 +19,7 @@ where the author made the mistake.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import math
 import re
 import secrets
@@ -217,33 +218,56 @@ def _context_timezone(context: Any) -> str | None:
     return None
 
 
+def _defined(value: Any) -> Any:
+    """A missing variable handed to one of our filters is the missing-variable error."""
+    if isinstance(value, jinja2.Undefined):
+        value._fail_with_undefined_error()
+    return value
+
+
 @jinja2.pass_context
 def _rupiah(context: Any, value: Any) -> str:
-    return formatting.rupiah(value)
+    return formatting.rupiah(_defined(value))
 
 
 @jinja2.pass_context
 def _number(context: Any, value: Any) -> str:
-    return formatting.number(value, _context_locale(context))
+    return formatting.number(_defined(value), _context_locale(context))
 
 
 @jinja2.pass_context
 def _percent(context: Any, value: Any) -> str:
-    return formatting.percent(value, _context_locale(context))
+    return formatting.percent(_defined(value), _context_locale(context))
 
 
 @jinja2.pass_context
 def _date(context: Any, value: Any, format: str = "long") -> str:
     return formatting.format_date(
-        value, _context_locale(context), _context_timezone(context), format
+        _defined(value), _context_locale(context), _context_timezone(context), format
     )
 
 
 @jinja2.pass_context
 def _datetime(context: Any, value: Any, format: str = "long") -> str:
     return formatting.format_datetime(
-        value, _context_locale(context), _context_timezone(context), format
+        _defined(value), _context_locale(context), _context_timezone(context), format
     )
+
+
+class _Undefined(StrictUndefined):
+    """StrictUndefined that names the missing key and the nearest ones that exist."""
+
+    __slots__ = ()
+
+    @property
+    def _undefined_message(self) -> str:
+        obj, name = self._undefined_obj, self._undefined_name
+        if self._undefined_hint is None and isinstance(obj, Mapping) and isinstance(name, str):
+            keys = sorted(k for k in obj if isinstance(k, str))
+            close = difflib.get_close_matches(name, keys, n=3)
+            hint = f"did you mean {', '.join(close)}?" if close else f"known: {', '.join(keys)}"
+            return f"no field {name!r} here ({hint})"
+        return super()._undefined_message
 
 
 # --- front matter ----------------------------------------------------------------
@@ -830,7 +854,7 @@ def _read(path: Path) -> str:
 def _make_env(root: Path, autoescape: bool) -> _Sandbox:
     env = _Sandbox(
         loader=_Loader(str(root)),
-        undefined=StrictUndefined,
+        undefined=_Undefined,
         autoescape=autoescape,
         auto_reload=False,
         cache_size=400,

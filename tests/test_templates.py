@@ -249,3 +249,25 @@ def test_numbered_lists_with_a_loop_become_bullets_in_the_text(tmp_path):
     templates = _project(tmp_path, {"templates/ol.id.html": f'---\nsubject: "x"\n---\n{body}'})
     text = templates.get("ol", "id").render(context()).text
     assert "- a\n- b\n- c" in text and "1. one\n2. two" in text
+
+
+def test_a_misspelt_field_suggests_the_right_one_even_through_a_filter(tmp_path):
+    templates = _project(
+        tmp_path,
+        {
+            "templates/typo.id.html": '---\nsubject: "x"\n---\n'
+            "<p>{{ merchant.store_nme }}</p>\n<p>{{ stats.orders_30 | number }}</p>\n"
+        },
+    )
+    with pytest.raises(TemplateError) as info:
+        templates.get("typo", "id").render(context())
+    assert info.value.line == 4
+    assert "no field 'store_nme'" in str(info.value) and "did you mean store_name" in str(
+        info.value
+    )
+    fixed = {
+        "templates/typo2.id.html": '---\nsubject: "x"\n---\n<p>{{ stats.orders_30 | number }}</p>\n'
+    }
+    with pytest.raises(TemplateError) as info:
+        _project(tmp_path / "b", fixed).get("typo2", "id").render(context())
+    assert info.value.line == 4 and "did you mean orders_30d" in str(info.value)
