@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine.addresses import normalize_email
-from engine.errors import CampaignError, HeaderError, TemplateError
+from engine.errors import CampaignError, DeliveryError, HeaderError, TemplateError
 from engine.keys import message_key
 from engine.stats import batch_stats, empty_stats
 from engine.unsubscribe import signer_for, unsubscribe_mailto, unsubscribe_url
@@ -195,6 +195,7 @@ class MessageBuilder:
         self.settings = settings
         self.campaign = campaign
         self.templates = templates
+        self.sending = sending
         self.signer = signer_for(settings, sending=sending)
         sender_name, sender = parse_address(campaign.sender, f"campaign {campaign.name}: from")
         self.sender = sender
@@ -222,6 +223,12 @@ class MessageBuilder:
     def _load_dkim(self):
         dkim_settings = self.settings.dkim
         if not dkim_settings.enabled:
+            if self.sending and (dkim_settings.domain or dkim_settings.selector):
+                # Half a DKIM set-up would quietly send unsigned mail: refuse instead.
+                raise DeliveryError(
+                    "DKIM is configured ([dkim] in campaign.toml) but incomplete: "
+                    "set domain, selector and CAMPAIGN_DKIM_KEY_FILE, or remove [dkim]"
+                )
             return None
         try:
             import dkim  # an optional extra: campaign[dkim]

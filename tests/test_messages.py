@@ -17,7 +17,7 @@ from template_fixtures import NOW, make_templates, merchant, stats
 
 from engine.campaigns import Campaign, Step
 from engine.config import load_settings
-from engine.errors import CampaignError, HeaderError
+from engine.errors import CampaignError, DeliveryError, HeaderError
 from engine.messages import (
     MessageBuilder,
     RenderedMessage,
@@ -373,3 +373,14 @@ def test_header_values_round_trip_or_are_refused(builder, name, store):
     # display name (RFC 2047 says to drop it), so compare word by word.
     assert address.display_name.split() == name.split()
     assert len(message.keys()) == 11 and not message.defects
+
+
+def test_half_a_dkim_set_up_refuses_a_real_send_but_not_a_preview(tmp_path):
+    make_templates(tmp_path)
+    (tmp_path / "campaign.toml").write_text('[dkim]\ndomain = "tokoku.id"\nselector = "mail"\n')
+    settings = load_settings(tmp_path, env={"CAMPAIGN_SECRET_KEY": SECRET})  # no key file
+    templates = TemplateSet(settings.templates_dir, "id")
+    with pytest.raises(DeliveryError, match=r"DKIM is configured .* but incomplete"):
+        MessageBuilder(settings, _campaign(), templates, sending=True)
+    preview = MessageBuilder(settings, _campaign(), templates)
+    assert not _render(preview).data.startswith(b"DKIM-Signature:")
