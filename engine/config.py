@@ -194,6 +194,16 @@ def _positive_int(value: Any) -> int:
     return value
 
 
+MAX_CONNECTIONS = 64  # each is a thread and an SMTP session; servers throttle far earlier
+
+
+def _connections(value: Any) -> int:
+    value = _positive_int(value)
+    if value > MAX_CONNECTIONS:
+        raise ValueError(f"{value} is more than {MAX_CONNECTIONS} connections")
+    return value
+
+
 def _text(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError(f"{value!r} is not a text value")
@@ -367,7 +377,7 @@ def load_settings(project_dir: Path | str = ".", env: Mapping[str, str] | None =
         ("connections", "rate", "max_attempts", "retry_backoff", "lease", "timeout", "batch_size"),
     )
     delivery = DeliverySettings(
-        connections=r.get("connections", _positive_int, d.connections),
+        connections=r.get("connections", _connections, d.connections),
         rate=r.get("rate", lambda v: parse_rate(_text(v)), d.rate),
         max_attempts=r.get("max_attempts", _positive_int, d.max_attempts),
         retry_backoff=r.get("retry_backoff", _duration, d.retry_backoff),

@@ -70,6 +70,10 @@ def test_toml_and_environment(tmp_path):
             "[delivery]\nconnections = 0\n",
             r"delivery.connections: 0 is not a whole number above zero",
         ),
+        (
+            "[delivery]\nconnections = 1000\n",
+            r"campaign.toml:2: delivery.connections: 1000 is more than 64 connections",
+        ),
         ("[deliveries]\n", r"campaign.toml:1: \[deliveries\]: unknown section"),
         (
             '[unsubscribe]\nbase_url = "crm"\n',
