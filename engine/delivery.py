@@ -10,6 +10,7 @@ process with several threads (a second process waits its turn on the lock).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
@@ -29,8 +30,10 @@ from engine.outbox import (
     LeaseLost,
     OutboxSession,
     State,
+    finish,
     next_due,
     recover,
+    release,
 )
 from engine.times import utcnow
 
@@ -93,6 +96,8 @@ class Delivery:
         settings: Settings,
         *,
         campaign: str | None = None,
+        run: str | None = None,
+        step: int | None = None,
         transport_factory: TransportFactory | None = None,
         connections: int | None = None,
         wait_retries: timedelta = timedelta(0),
@@ -105,6 +110,9 @@ class Delivery:
         self.engine = engine
         self.settings = settings
         self.campaign = campaign
+        # ``send NAME`` delivers only that run (or drip step): never another's messages.
+        self.only_run = run
+        self.only_step = step
         self.factory = transport_factory or default_transport_factory(settings)
         self.connections = connections or settings.delivery.connections
         self.wait_retries = wait_retries
@@ -201,32 +209,68 @@ class Delivery:
                 limit=self._claim_size,
                 lease=self.settings.delivery.lease,
                 campaign=self.campaign,
+                run=self.only_run,
+                step=self.only_step,
             )
             if not claims:
                 sender.flush()
                 if self._idle():
                     return
                 continue
-            for index, item in enumerate(claims):
-                if self._halted():
-                    sender.flush()
-                    backoff = (
-                        self.settings.delivery.retry_backoff if self.stats.server_down else None
-                    )
-                    sender.outbox.release(
-                        claims[index:], not_before=utcnow() + backoff if backoff else None
-                    )
-                    break
-                self.backoff.wait()
-                self.limiter.acquire()
-                sender.send(item)
+            index = 0
+            try:
+                for index, item in enumerate(claims):
+                    # Checked after the waits too: the server may have been declared
+                    # down (or a stop asked for) while this thread slept in them.
+                    self.backoff.wait()
+                    self.limiter.acquire()
+                    if self._halted():
+                        sender.flush()
+                        backoff = (
+                            self.settings.delivery.retry_backoff if self.stats.server_down else None
+                        )
+                        sender.outbox.release(
+                            claims[index:], not_before=utcnow() + backoff if backoff else None
+                        )
+                        break
+                    sender.send(item)
+            except BaseException:
+                self._rescue(sender, claims[index:])
+                raise
         sender.flush()
+
+    def _rescue(self, sender: _Sender, untried: list[Claim]) -> None:
+        """After an error in this thread: record its held 250, give back what it never tried.
+
+        On a fresh pooled connection: the thread's own session may be what failed.
+        Without this, the claims sat in ``sending`` until their lease expired and
+        the held success became ``unknown``. Best effort: if the database is gone,
+        the leases still recover everything later.
+        """
+        held, sender.held = sender.held, None
+        settings = self.settings.delivery
+        with contextlib.suppress(Exception):
+            if held is not None:
+                state = finish(
+                    self.engine,
+                    held[0],
+                    held[1],
+                    max_attempts=settings.max_attempts,
+                    retry_backoff=settings.retry_backoff,
+                )
+                self._counted(state, held[1].outcome)
+        with contextlib.suppress(Exception):
+            # Only rows still in ``sending`` with our token go back: a message
+            # whose committing mark was written stays there (unknown, if so).
+            release(self.engine, untried)
 
     def _idle(self) -> bool:
         """Nothing to claim: True when this thread should end, else after waiting a little."""
         if self._input_done.is_set():
             self._recover()
-            due = next_due(self.engine, campaign=self.campaign)
+            due = next_due(
+                self.engine, campaign=self.campaign, run=self.only_run, step=self.only_step
+            )
             now = utcnow()
             pause = self.backoff.remaining()
             horizon = max(self.wait_retries, timedelta(seconds=pause + 0.5 if pause else 0))
@@ -295,13 +339,17 @@ class _Sender:
 
         def on_commit() -> None:
             held, self.held = self.held, None
-            state, ours = self.outbox.finish_and_commit(
-                held,
-                item,
-                max_attempts=settings.max_attempts,
-                retry_backoff=settings.retry_backoff,
-                lease=settings.lease,
-            )
+            try:
+                state, ours = self.outbox.finish_and_commit(
+                    held,
+                    item,
+                    max_attempts=settings.max_attempts,
+                    retry_backoff=settings.retry_backoff,
+                    lease=settings.lease,
+                )
+            except BaseException:
+                self.held = held  # rolled back: still to be recorded (see Delivery._rescue)
+                raise
             if held is not None:
                 d._counted(state, held[1].outcome)
             if not ours:

@@ -40,6 +40,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
+from engine.models import attempts as attempts_log
 from engine.models import message_bodies, messages
 from engine.times import utcnow
 
@@ -314,7 +315,7 @@ def existing_keys(conn: Connection, keys: Iterable[str]) -> dict[str, str]:
 # integers read from the database in the same transaction, written inline.
 
 _DUE = (
-    "SELECT id FROM messages WHERE state = :state AND next_attempt_at <= :now{campaign}"
+    "SELECT id FROM messages WHERE state = :state AND next_attempt_at <= :now{filters}"
     " ORDER BY next_attempt_at, id LIMIT :room{lock}"
 )
 _SUPPRESS_CLAIMED = (
@@ -359,6 +360,16 @@ _PLACEHOLDER = re.compile(r":([a-z_]+)")
 @functools.cache
 def _for_psycopg(sql: str) -> str:
     return _PLACEHOLDER.sub(r"%(\1)s", sql)
+
+
+def _scope_sql(campaign: str | None, run: str | None, step: int | None) -> str:
+    """The claim's optional filters: one campaign, and within it one run (or drip step)."""
+    parts = [
+        f" AND {column} = :{column}"
+        for column, value in (("campaign", campaign), ("run", run), ("step", step))
+        if value is not None
+    ]
+    return "".join(parts)
 
 
 def _id_list(ids: Iterable[int]) -> str:
@@ -513,6 +524,8 @@ class OutboxSession:
         lease: timedelta,
         now: datetime | None = None,
         campaign: str | None = None,
+        run: str | None = None,
+        step: int | None = None,
     ) -> list[Claim]:
         """See ``claim``."""
         now = now or utcnow()
@@ -520,7 +533,7 @@ class OutboxSession:
         # One ordered index range per state (ix_messages_state_next): no sort of the
         # whole backlog for each small claim. Retries first, they have waited longest.
         due = _DUE.format(
-            campaign=" AND campaign = :campaign" if campaign is not None else "",
+            filters=_scope_sql(campaign, run, step),
             lock="" if self.sqlite else " FOR UPDATE OF messages SKIP LOCKED",
         )
 
@@ -533,6 +546,8 @@ class OutboxSession:
                         "now": now,
                         "room": limit - len(ids),
                         "campaign": campaign,
+                        "run": run,
+                        "step": step,
                     }
                     ids += [row[0] for row in s._rows(due, params)]
             if not ids:
@@ -735,14 +750,19 @@ def claim(
     lease: timedelta,
     now: datetime | None = None,
     campaign: str | None = None,
+    run: str | None = None,
+    step: int | None = None,
 ) -> list[Claim]:
     """Claim up to ``limit`` due messages for ``worker``, in one short committed transaction.
 
     Messages whose address was suppressed after they were queued become
     ``suppressed`` here instead (an unsubscribe between enqueue and send wins).
+    ``campaign``, ``run`` and ``step`` narrow the claim to one campaign's run or step.
     """
     with _session(engine) as session:
-        return session.claim(worker=worker, limit=limit, lease=lease, now=now, campaign=campaign)
+        return session.claim(
+            worker=worker, limit=limit, lease=lease, now=now, campaign=campaign, run=run, step=step
+        )
 
 
 def mark_committing(
@@ -924,15 +944,102 @@ def state_counts(
     return {state: count for state, count in conn.execute(query)}
 
 
-def next_due(engine: Engine, *, campaign: str | None = None) -> datetime | None:
+def _scoped(query, campaign: str | None, run: str | None, step: int | None):
+    if campaign is not None:
+        query = query.where(messages.c.campaign == campaign)
+    if run is not None:
+        query = query.where(messages.c.run == run)
+    if step is not None:
+        query = query.where(messages.c.step == step)
+    return query
+
+
+def next_due(
+    engine: Engine,
+    *,
+    campaign: str | None = None,
+    run: str | None = None,
+    step: int | None = None,
+) -> datetime | None:
     """When the next queued or deferred message becomes due (None: nothing pending)."""
     query = sa.select(sa.func.min(messages.c.next_attempt_at)).where(
         messages.c.state.in_([str(s) for s in PENDING])
     )
-    if campaign is not None:
-        query = query.where(messages.c.campaign == campaign)
+    query = _scoped(query, campaign, run, step)
     with engine.connect() as conn:
         return conn.execute(query).scalar()
+
+
+def waiting(
+    conn: Connection, *, campaign: str, run: str | None = None, step: int | None = None
+) -> tuple[int, datetime | None]:
+    """How many messages of a run (or step) wait in the outbox, and when the first is due."""
+    query = sa.select(sa.func.count(), sa.func.min(messages.c.next_attempt_at)).where(
+        messages.c.state.in_([str(s) for s in PENDING])
+    )
+    count, due = conn.execute(_scoped(query, campaign, run, step)).one()
+    return count or 0, due
+
+
+def release_server_holds(
+    engine: Engine,
+    *,
+    campaign: str,
+    run: str | None = None,
+    step: int | None = None,
+    retry_backoff: timedelta,
+    now: datetime | None = None,
+) -> int:
+    """Make a run's waiting messages due now unless their own backoff (a real 4xx) says later.
+
+    A server that was down holds messages back without charging an attempt
+    (``next_attempt_at`` = the server-wide backoff): an explicit send of the run
+    should not wait that out. A message deferred by the server's reply to it
+    keeps the backoff of its last charged attempt. Returns how many rows moved.
+    """
+    now = now or utcnow()
+    held = _scoped(
+        sa.select(messages.c.id, messages.c.attempts, messages.c.next_attempt_at).where(
+            messages.c.state.in_([str(s) for s in PENDING]), messages.c.next_attempt_at > now
+        ),
+        campaign,
+        run,
+        step,
+    )
+    with write_transaction(engine) as conn:
+        rows = conn.execute(held).all()
+        charged = [row.id for row in rows if row.attempts]
+        last: dict[int, datetime] = {}
+        for start in range(0, len(charged), 500):
+            last.update(
+                conn.execute(
+                    sa.select(attempts_log.c.message_id, sa.func.max(attempts_log.c.at))
+                    .where(
+                        attempts_log.c.message_id.in_(charged[start : start + 500]),
+                        attempts_log.c.outcome == "deferred",
+                    )
+                    .group_by(attempts_log.c.message_id)
+                ).all()
+            )
+        moves = []
+        for row in rows:
+            own = now
+            if row.attempts and row.id in last:
+                own = max(now, last[row.id] + backoff_delay(retry_backoff, row.attempts))
+            if own < row.next_attempt_at:
+                moves.append({"row_id": row.id, "due": own})
+        if moves:
+            conn.execute(
+                messages.update()
+                .where(
+                    messages.c.id == sa.bindparam("row_id"),
+                    # (no IN list: executemany does not take expanding parameters)
+                    sa.or_(*(messages.c.state == str(s) for s in PENDING)),
+                )
+                .values(next_attempt_at=sa.bindparam("due"), updated_at=now),
+                moves,
+            )
+    return len(moves)
 
 
 def in_flight(engine: Engine, *, campaign: str | None = None) -> int:

@@ -3,7 +3,9 @@
 The audience is read from the segment in id-ordered batches. Each batch loses,
 with a reason that the report shows: invalid addresses, the holdout group,
 suppressed addresses (the campaign's topic or all), merchants this run already
-reached, and (for non-exempt topics) merchants at the frequency cap. The rest is
+reached (or whose message failed), drip members that the exit or ``when`` rule
+leaves out, those past ``--limit``, and (for non-exempt topics) merchants at the
+frequency cap: audience == would_send + pending + sum(skipped). The rest is
 rendered in one ``render_batch`` call per batch (in this thread, or for large
 sends in child processes, which leave the GIL to SMTP and the outbox) while the sender
 threads (``engine.delivery``) drain the outbox. A dry run does every step
@@ -40,21 +42,29 @@ from engine.outbox import (
     _insert,
     enqueue,
     existing_keys,
+    release_server_holds,
     requeue_unknown,
     state_counts,
+    waiting,
     write_transaction,
 )
-from engine.suppressions import suppressed_among
 from engine.times import utcnow
 
 MANUAL_RUN = "manual"
+# Every audience member not in ``would_send`` is either ``pending`` (its message
+# waits in the outbox from an earlier send of the run) or skipped for one of these:
+# audience == would_send + pending + sum(skipped), always.
 SKIP_REASONS = (
     "suppressed",
     "frequency_cap",
     "holdout",
-    "already_sent",
+    "already_sent",  # sent, unknown or in flight in this run
+    "failed_before",  # this run's message to them failed (e.g. 554 or a render error)
     "invalid_address",
     "render_error",
+    "exited",  # drip: the campaign's exit rule matches
+    "step_condition",  # drip: the step's ``when`` rule does not match
+    "limit",  # beyond --limit
 )
 # States that never count towards the frequency cap: nothing reached the merchant.
 _NOT_DELIVERED = (State.FAILED, State.SUPPRESSED, State.HOLDOUT)
@@ -74,12 +84,14 @@ class SendReport:
     audience: int = 0
     would_send: int = 0  # rendered and (on a real send) in the outbox for this run
     enqueued: int = 0  # new outbox rows written by this send
-    pending: int = 0  # already queued/deferred from an earlier send of this run (resumed)
+    pending: int = 0  # audience members whose message waits from an earlier send (resumed)
     skipped: Counter = field(default_factory=Counter)
     messages: list[dict[str, Any]] = field(default_factory=list)
     render_errors: list[dict[str, Any]] = field(default_factory=list)
     states: dict[str, int] = field(default_factory=dict)  # this run's/step's outbox, after delivery
     server_down: str | None = None
+    waiting: int = 0  # this run's/step's messages still queued or deferred after delivery
+    next_due: datetime | None = None  # when the first of them is due
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -109,10 +121,22 @@ class SendReport:
                 enqueued=self.enqueued,
                 states=self.states,
                 server_down=self.server_down,
+                waiting=self.waiting,
+                next_due=_iso(self.next_due),
             )
         if self.notes:
             data["notes"] = self.notes
         return data
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.replace(microsecond=0).isoformat() + "Z"
+
+
+def _due(moment: datetime | None) -> str:
+    if moment is None or moment <= utcnow():
+        return "due now"
+    return f"the first due at {_iso(moment)}"
 
 
 @dataclass
@@ -123,8 +147,11 @@ class _Plan:
     step: int | None
     run: str | None
     template: str
-    condition: sa.ColumnElement[bool]
+    condition: sa.ColumnElement[bool]  # the audience: the campaign's segment
     builder: Any
+    # Drip rules checked per member, so that those they leave out are counted:
+    exit: sa.ColumnElement[bool] | None = None
+    when: sa.ColumnElement[bool] | None = None
     # Keys of this run/step still waiting in the outbox when the send began: the
     # delivery pass resumes them; the audience loop neither renders nor skips them.
     resumed: frozenset[str] = frozenset()
@@ -162,6 +189,7 @@ def _plan(
     segments = load_segments(settings.segments_dir)
     campaign = load_campaign(settings, name, segments)
     condition = segment_condition(segments, campaign.segment, now=now)
+    exit_rule = when_rule = None
     if campaign.kind == "broadcast":
         if step not in (None, 1):
             raise CampaignError(f"campaign {name!r} is a broadcast and has no step {step}")
@@ -171,16 +199,21 @@ def _plan(
             raise CampaignError(f"campaign {name!r} is a drip: --run is for broadcasts")
         step_number, run_label = step or 1, None
         if campaign.exit is not None:
-            condition = sa.and_(
-                condition, sa.not_(rule_condition(campaign.exit, now=now, segments=segments))
-            )
+            exit_rule = rule_condition(campaign.exit, now=now, segments=segments)
         when = campaign.step(step_number).when
         if when is not None:
-            condition = sa.and_(condition, rule_condition(when, now=now, segments=segments))
+            when_rule = rule_condition(when, now=now, segments=segments)
     templates = TemplateSet(settings.templates_dir, settings.project.default_locale)
     builder = MessageBuilder(settings, campaign, templates, sending=sending)
     return _Plan(
-        campaign, step_number, run_label, campaign.template_for(step_number), condition, builder
+        campaign,
+        step_number,
+        run_label,
+        campaign.template_for(step_number),
+        condition,
+        builder,
+        exit=exit_rule,
+        when=when_rule,
     )
 
 
@@ -264,9 +297,19 @@ def send_campaign(
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
 
+    if not dry_run:
+        # An explicit send delivers the run's messages now, including those that a
+        # server-wide backoff (server down, no attempt charged) held back.
+        release_server_holds(
+            engine,
+            campaign=campaign.name,
+            run=plan.run,
+            step=plan.step,
+            retry_backoff=settings.delivery.retry_backoff,
+            now=utcnow(),
+        )
     with engine.connect() as conn:
         plan.resumed = _waiting_keys(conn, plan)
-    report.pending = len(plan.resumed)
     delivery = None
     if not dry_run:
         from engine.delivery import Delivery
@@ -282,6 +325,8 @@ def send_campaign(
             engine,
             settings,
             campaign=campaign.name,
+            run=plan.run,
+            step=plan.step,
             transport_factory=transport_factory,
             wait_retries=wait_retries,
             on_result=on_result,
@@ -326,15 +371,21 @@ def send_campaign(
             )
         with engine.connect() as conn:
             report.states = state_counts(conn, campaign=campaign.name, step=plan.step, run=plan.run)
+            report.waiting, report.next_due = waiting(
+                conn, campaign=campaign.name, run=plan.run, step=plan.step
+            )
+        what = f"run {plan.run!r}" if plan.run is not None else f"step {plan.step}"
         if report.server_down:
             report.notes.append(
-                f"the SMTP server is unavailable ({report.server_down}); the remaining messages "
-                "wait in the outbox: send again later"
+                f"the SMTP server is unavailable ({report.server_down}); {report.waiting} "
+                f"message(s) of {what} wait in the outbox, {_due(report.next_due)} "
+                "(`campaign send` again delivers them at once once the server is back)"
             )
-        waiting = report.states.get(str(State.DEFERRED), 0)
-        if waiting and not report.server_down:
+        elif report.waiting:
             report.notes.append(
-                f"{waiting} message(s) deferred by the server will be retried later"
+                f"{report.waiting} message(s) of {what} deferred by the server wait in the "
+                f"outbox, {_due(report.next_due)} (`campaign worker` or "
+                "another send retries them)"
             )
     return report
 
@@ -389,7 +440,7 @@ def _produce(
             with engine.connect() as conn:
                 rows = (
                     conn.execute(
-                        sa.select(merchants)
+                        sa.select(merchants, *_flags(plan))
                         .where(plan.condition, merchants.c.id > cursor)
                         .order_by(merchants.c.id)
                         .limit(batch_size)
@@ -402,16 +453,14 @@ def _produce(
                 cursor = rows[-1]["id"]
                 if limit is not None and report.would_send >= limit:
                     # Enough messages: the rest of the audience is only counted.
-                    report.audience += conn.execute(
-                        sa.select(sa.func.count()).where(
-                            plan.condition, merchants.c.id >= rows[0]["id"]
-                        )
-                    ).scalar()
+                    _count_rest(conn, plan, report, rows[0]["id"])
                     break
                 report.audience += len(rows)
-                candidates, holdout = _filter(conn, settings, plan, report, rows, now)
+                candidates, recorded = _filter(conn, settings, plan, report, rows, now)
                 if limit is not None:
-                    candidates = candidates[: max(0, limit - report.would_send)]
+                    room = max(0, limit - report.would_send)
+                    report.skipped["limit"] += max(0, len(candidates) - room)
+                    candidates = candidates[:room]
                 # Child processes take about a second to start (an interpreter,
                 # imports, the templates): until the first batch comes back from
                 # one, this process renders the batches itself rather than leave
@@ -430,8 +479,9 @@ def _produce(
                         if candidates
                         else []
                     )
-            if holdout and not dry_run:
-                enqueue(engine, holdout)  # the control group, recorded once per run for the report
+            if recorded and not dry_run:
+                # The control group and the suppressed, recorded once per run for the report.
+                enqueue(engine, recorded)
             if local:
                 record(results)
                 continue
@@ -479,7 +529,7 @@ def _record(
                 {
                     "merchant_id": result.merchant_id,
                     "email": result.email,
-                    "step": plan.step or 1,
+                    "step": plan.step,
                     "subject": result.subject,
                 }
             )
@@ -616,6 +666,73 @@ def _new_message(plan: _Plan, result, rendered: bool) -> NewMessage:
     )
 
 
+_EXITED = "_campaign_exited"
+_STEP_OK = "_campaign_step_ok"
+
+
+def _flags(plan: _Plan) -> list[sa.ColumnElement]:
+    """Columns that say, per audience member, whether a drip's exit or ``when`` rule applies."""
+    flags: list[sa.ColumnElement] = []
+    if plan.exit is not None:
+        flags.append(sa.case((plan.exit, 1), else_=0).label(_EXITED))
+    if plan.when is not None:
+        flags.append(sa.case((plan.when, 1), else_=0).label(_STEP_OK))
+    return flags
+
+
+def _count_rest(conn: Connection, plan: _Plan, report: SendReport, first_id: int) -> None:
+    """Past ``--limit``: the rest of the audience is counted, as pending or as ``limit``."""
+    ids = conn.execute(
+        sa.select(merchants.c.id).where(plan.condition, merchants.c.id >= first_id)
+    ).scalars()
+    for merchant_id in ids:
+        report.audience += 1
+        key = message_key(plan.campaign.name, merchant_id, step=plan.step, run=plan.run)
+        if key in plan.resumed:
+            report.pending += 1
+        else:
+            report.skipped["limit"] += 1
+
+
+def _record_row(plan: _Plan, row: Mapping[str, Any], email: str, state: State, error=None):
+    campaign = plan.campaign
+    return NewMessage(
+        key=message_key(campaign.name, row["id"], step=plan.step, run=plan.run),
+        campaign=campaign.name,
+        topic=campaign.topic,
+        merchant_id=row["id"],
+        email=email,
+        sender=plan.sender,
+        subject=None,
+        message_id=None,
+        data=None,
+        step=plan.step,
+        run=plan.run,
+        state=state,
+        last_error=error,
+    )
+
+
+def _suppression_reasons(conn: Connection, emails: Sequence[str], topic: str) -> dict[str, str]:
+    """``{email: reason}`` for those of ``emails`` suppressed for ``topic`` or for all topics."""
+    from engine.models import suppressions
+
+    wanted = sorted({e.lower() for e in emails})
+    found: dict[str, str] = {}
+    for start in range(0, len(wanted), 500):
+        rows = conn.execute(
+            sa.select(suppressions.c.email, suppressions.c.topic, suppressions.c.reason)
+            .where(
+                suppressions.c.email.in_(wanted[start : start + 500]),
+                suppressions.c.topic.in_([topic, "*"]),
+            )
+            .order_by(suppressions.c.email, suppressions.c.topic)
+        )
+        for address, scope, reason in rows:
+            found.setdefault(address, f"{reason} ({'all topics' if scope == '*' else scope})")
+    return found
+
+
 def _filter(
     conn: Connection,
     settings,
@@ -624,13 +741,29 @@ def _filter(
     rows: Sequence[Mapping[str, Any]],
     now: datetime,
 ) -> tuple[list[Mapping[str, Any]], list[NewMessage]]:
-    """Skip with reasons; returns (merchants to render, holdout rows to record)."""
+    """Skip with reasons; returns (merchants to render, rows to record: holdout, suppressed)."""
     from engine.campaigns import in_holdout
 
     campaign = plan.campaign
+    flagged = plan.exit is not None or plan.when is not None
     valid: list[tuple[Mapping[str, Any], str]] = []
-    holdout: list[NewMessage] = []
+    recorded: list[NewMessage] = []
+    keys: dict[int, str] = {}
     for row in rows:
+        key = keys[row["id"]] = message_key(campaign.name, row["id"], step=plan.step, run=plan.run)
+        if key in plan.resumed:
+            # Waiting from an earlier send of this run: the delivery pass resumes it
+            # (suppression is checked again at claim time).
+            report.pending += 1
+            continue
+        if flagged:
+            if plan.exit is not None and row[_EXITED]:
+                report.skipped["exited"] += 1
+                continue
+            if plan.when is not None and not row[_STEP_OK]:
+                report.skipped["step_condition"] += 1
+                continue
+            row = {k: v for k, v in row.items() if k not in (_EXITED, _STEP_OK)}
         try:
             email = normalize_email(row["email"])
         except ValueError:
@@ -638,30 +771,11 @@ def _filter(
             continue
         if in_holdout(campaign.name, row["id"], campaign.holdout):
             report.skipped["holdout"] += 1
-            holdout.append(
-                NewMessage(
-                    key=message_key(campaign.name, row["id"], step=plan.step, run=plan.run),
-                    campaign=campaign.name,
-                    topic=campaign.topic,
-                    merchant_id=row["id"],
-                    email=email,
-                    sender=plan.sender,
-                    subject=None,
-                    message_id=None,
-                    data=None,
-                    step=plan.step,
-                    run=plan.run,
-                    state=State.HOLDOUT,
-                )
-            )
+            recorded.append(_record_row(plan, row, email, State.HOLDOUT))
             continue
         valid.append((row, email))
-    suppressed = suppressed_among(conn, [email for _, email in valid], campaign.topic)
-    keys = {
-        row["id"]: message_key(campaign.name, row["id"], step=plan.step, run=plan.run)
-        for row, _ in valid
-    }
-    known = existing_keys(conn, keys.values())
+    suppressed = _suppression_reasons(conn, [email for _, email in valid], campaign.topic)
+    known = existing_keys(conn, (keys[row["id"]] for row, _ in valid))
     capped = _frequency_capped(
         conn,
         settings,
@@ -675,19 +789,23 @@ def _filter(
     )
     candidates: list[Mapping[str, Any]] = []
     for row, email in valid:
-        key = keys[row["id"]]
-        state = known.get(key)
-        if key in plan.resumed:
-            continue  # counted in report.pending; suppression is checked again at claim time
-        if email in suppressed:
+        state = known.get(keys[row["id"]])
+        if email in suppressed or state == State.SUPPRESSED:
             report.skipped["suppressed"] += 1
+            if state is None:  # recorded once per run, so that the report shows it
+                reason = f"suppressed: {suppressed[email]}"
+                recorded.append(_record_row(plan, row, email, State.SUPPRESSED, reason))
+        elif state == State.FAILED:
+            report.skipped["failed_before"] += 1
+        elif state == State.HOLDOUT:
+            report.skipped["holdout"] += 1
         elif state is not None:
             report.skipped["already_sent"] += 1
         elif row["id"] in capped:
             report.skipped["frequency_cap"] += 1
         else:
             candidates.append(row)
-    return candidates, holdout
+    return candidates, recorded
 
 
 def _waiting_keys(conn: Connection, plan: _Plan) -> frozenset[str]:

@@ -56,7 +56,8 @@ def send(
     """Send a broadcast now (or a drip's first step to members who have not had it).
 
     Sending again resumes the same run and never repeats a delivered message.
-    The exit code is 1 when a message failed or the SMTP server was unavailable.
+    The exit code is 1 when a message failed or the SMTP server was unavailable
+    (messages left waiting only because of a 4xx: exit 0, with a note).
     """
     from engine.sending import send_campaign
 
