@@ -5,15 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Engine
 
 from engine.errors import DatabaseError
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+# The newest migration in engine/migrations (tests/test_db.py checks that they agree).
+# Knowing it lets every command check the schema without loading Alembic at all.
+SCHEMA_REVISION = "0002"
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
@@ -39,7 +38,9 @@ def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
 
 
-def alembic_config(engine: Engine) -> Config:
+def alembic_config(engine: Engine):
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.attributes["engine"] = engine
@@ -47,11 +48,15 @@ def alembic_config(engine: Engine) -> Config:
 
 
 def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
     script = ScriptDirectory.from_config(alembic_config(sa.create_engine("sqlite://")))
     return script.get_current_head()
 
 
 def current_revision(engine: Engine) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
     with engine.connect() as conn:
         return MigrationContext.configure(conn).get_current_revision()
 
@@ -62,6 +67,8 @@ def describe_url(engine: Engine) -> str:
 
 def upgrade_schema(engine: Engine) -> tuple[str | None, str]:
     """Create or migrate the schema to the newest revision; returns (before, after)."""
+    from alembic import command
+
     try:
         before = current_revision(engine)
         if before != head_revision():
@@ -79,7 +86,14 @@ def upgrade_schema(engine: Engine) -> tuple[str | None, str]:
 
 
 def ensure_schema(engine: Engine) -> None:
-    """Used by commands that need the tables: create them on first use."""
+    """Used by commands that need the tables: create or migrate them on first use."""
+    try:
+        with engine.connect() as conn:
+            stored = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+        if stored == SCHEMA_REVISION:
+            return
+    except sa.exc.DBAPIError:
+        pass  # no schema yet, or no database: upgrade_schema says which, in one sentence
     upgrade_schema(engine)
 
 

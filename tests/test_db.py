@@ -54,3 +54,20 @@ def test_a_schema_that_cannot_be_created_is_one_sentence(db_url):
     assert "Traceback" not in result.output
     assert "the database" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_the_schema_revision_constant_is_the_newest_migration():
+    from engine.db import SCHEMA_REVISION
+
+    assert head_revision() == SCHEMA_REVISION
+
+
+def test_ensure_schema_creates_then_leaves_alone(db_url):
+    from engine.db import ensure_schema
+
+    engine = make_engine(db_url)
+    ensure_schema(engine)
+    assert current_revision(engine) == head_revision()
+    ensure_schema(engine)  # the fast path: nothing to do
+    assert current_revision(engine) == head_revision()
+    engine.dispose()
