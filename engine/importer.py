@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import multiprocessing
 import operator
 import re
 from collections.abc import Callable, Iterator, Sequence
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cache
 from pathlib import Path
+from queue import Empty
 from typing import Any
 from zoneinfo import available_timezones
 
@@ -457,11 +459,18 @@ class UpsertWriter:
         process = column_type.dialect_impl(self.dialect).bind_processor(self.dialect)
         if process is None or self.dialect.name != "sqlite":
             return process
+        # Text passes through: it is already the stored form (see _wire_values).
         if isinstance(column_type, sa.DateTime):
-            return sqlite_datetime
+
+            def datetime_text(value):
+                return value if value.__class__ is str else sqlite_datetime(value)
+
+            return datetime_text
         if isinstance(column_type, sa.JSON):
             # SQLite stores JSON as text: keep the file's own (already validated) text.
             def keep_text(value, process=process):
+                if value.__class__ is str:
+                    return value
                 return value.text if value.__class__ is JsonObject else process(value)
 
             return keep_text
@@ -557,6 +566,96 @@ def validated_batches(path: Path, kind: str, batch_size: int) -> Iterator[Valida
         yield ValidatedBatch(rows, rejected, count, handle.buffer.tell())
 
 
+TABLES = {"merchants": merchants, "orders": orders, "activities": activities}
+
+
+def _wire_values(kind: str, dialect_name: str) -> Callable[[Columns, tuple], tuple]:
+    """Rows → the stored form made of text and numbers, cheap to hand to another process.
+
+    SQLite: timestamps and JSON become the text SQLite stores. PostgreSQL:
+    JSON objects become plain dicts (the driver adapts timestamps itself).
+    """
+    table = TABLES[kind]
+    special: dict[Columns, list[tuple[int, bool]]] = {}
+
+    def convert(columns: Columns, row: tuple) -> tuple:
+        where = special.get(columns)
+        if where is None:
+            where = special[columns] = [
+                (i, isinstance(table.c[c].type, sa.JSON))
+                for i, c in enumerate(columns)
+                if c in table.c and isinstance(table.c[c].type, sa.DateTime | sa.JSON)
+            ]
+        if not where:
+            return row
+        values = list(row)
+        for i, is_json in where:
+            value = values[i]
+            if value is None:
+                continue
+            if dialect_name != "sqlite":
+                values[i] = dict(value) if is_json else value
+            elif is_json:
+                values[i] = value.text if value.__class__ is JsonObject else json.dumps(value)
+            else:
+                values[i] = sqlite_datetime(value)
+        return tuple(values)
+
+    return convert
+
+
+def _validate_in_child(path: str, kind: str, batch_size: int, dialect_name: str, queue) -> None:
+    """The second process of a parallel import: read, validate, hand over stored forms."""
+    try:
+        wire = _wire_values(kind, dialect_name)
+        for batch in validated_batches(Path(path), kind, batch_size):
+            batch.rows = [(line, columns, wire(columns, row)) for line, columns, row in batch.rows]
+            queue.put(batch)
+        queue.put(None)
+    except DataImportError as exc:
+        queue.put(exc)
+    except BaseException as exc:  # a bug of ours: hand it over rather than leave the parent waiting
+        queue.put(RuntimeError(f"the validating process failed: {exc!r}"))
+
+
+def _batches(
+    path: Path, kind: str, batch_size: int, parallel: bool, dialect_name: str
+) -> Iterator[ValidatedBatch]:
+    """Validated batches, made here or, in parallel, by a second process while this one writes."""
+    if not parallel:
+        yield from validated_batches(path, kind, batch_size)
+        return
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue(maxsize=4)  # bounded: memory stays flat when writing is slower
+    child = context.Process(
+        target=_validate_in_child,
+        args=(str(path), kind, batch_size, dialect_name, queue),
+        daemon=True,
+    )
+    child.start()
+    try:
+        while True:
+            try:
+                item = queue.get(timeout=1)
+            except Empty:
+                if not child.is_alive():
+                    raise RuntimeError("the validating process ended without a word") from None
+                continue
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        if child.is_alive():
+            child.terminate()
+        child.join()
+
+
+# A file this large is validated by a second process while this one writes (CLI default).
+PARALLEL_FROM_BYTES = 8 * 1024 * 1024
+
+
 def import_file(
     engine: Engine,
     kind: str,
@@ -564,8 +663,14 @@ def import_file(
     *,
     batch_size: int = BATCH_SIZE,
     on_progress: Callable[[int, int], None] | None = None,
+    parallel: bool = False,
 ) -> ImportReport:
-    """Import ``path`` (``.csv`` or ``.jsonl``/``.ndjson``) into ``kind``'s table."""
+    """Import ``path`` (``.csv`` or ``.jsonl``/``.ndjson``) into ``kind``'s table.
+
+    ``parallel`` reads and validates in a second process (``spawn``: call it from
+    code under ``if __name__ == "__main__"``) while this one writes: on two cores
+    a large file imports in about two thirds of the time.
+    """
     if kind not in SCHEMAS:
         raise DataImportError(f"cannot import {kind!r} (choose one of: {', '.join(KINDS)})")
     spec = SCHEMAS[kind]
@@ -585,7 +690,7 @@ def import_file(
         )
 
     report = ImportReport(kind, path)
-    for batch in validated_batches(path, kind, batch_size):
+    for batch in _batches(path, kind, batch_size, parallel, engine.dialect.name):
         report.read += batch.read
         for line, reason in batch.rejected:
             report.reject(line, reason)

@@ -229,3 +229,55 @@ def test_blank_cells_keep_stored_defaults_and_jsonl_rows_may_differ(engine, tmp_
     assert stored["m1"]["city"] == "Bandung" and stored["m1"]["plan"] == "basic"
     assert stored["n9"]["locale"] == "id" and stored["n9"]["attributes"] == {}
     assert stored["n10"]["locale"] == "en" and stored["n10"]["timezone"] == "Asia/Jakarta"
+
+
+def test_parallel_validation_gives_exactly_the_same_result(db_url, tmp_path):
+    """The second-process path stores the same rows and reports the same rejections."""
+    from engine.db import make_engine, upgrade_schema
+
+    orders_text = ORDERS_CSV + "".join(
+        f"m{1 + i % 2},P-{i},{1000 + i},paid,2026-11-{1 + i % 28:02d}T10:00:00+07:00\n"
+        for i in range(50)
+    )
+    activity_lines = [
+        {"merchant_external_id": "m1", "kind": "login", "occurred_at": f"2026-11-{d:02d}T08:00:00Z"}
+        for d in range(1, 20)
+    ] + [{"merchant_external_id": "zz", "kind": "login", "occurred_at": "2026-11-01"}]
+    files = {
+        "merchants": write(tmp_path, "m.csv", MERCHANTS_CSV),
+        "orders": write(tmp_path, "o.csv", orders_text),
+        "activities": write(
+            tmp_path, "a.jsonl", "\n".join(json.dumps(x) for x in activity_lines) + "\n"
+        ),
+    }
+    results = []
+    for parallel in (False, True):
+        sqlite_file = f"sqlite:///{tmp_path / f'p{parallel}.db'}"
+        url = sqlite_file if db_url.startswith("sqlite") else db_url
+        engine = make_engine(url)
+        upgrade_schema(engine)
+        with engine.begin() as conn:
+            for table in (activities, orders, merchants):
+                conn.execute(table.delete())
+        reports = [
+            import_file(engine, kind, path, batch_size=7, parallel=parallel)
+            for kind, path in files.items()
+        ]
+        stored = [
+            [
+                {k: v for k, v in r.items() if k not in ("id", "merchant_id")}
+                for r in rows(engine, t)
+            ]
+            for t in (merchants, orders, activities)
+        ]
+        results.append(([(r.imported, r.rejected) for r in reports], stored))
+        engine.dispose()
+    assert results[0] == results[1]
+    assert results[0][0][2][0] == 19 and results[0][0][2][1][0].line == 20
+
+
+def test_parallel_validation_reports_a_bad_header_as_one_sentence(engine, tmp_path):
+    with pytest.raises(DataImportError, match=r"m\.csv:1: unknown column 'colour'"):
+        import_file(
+            engine, "merchants", write(tmp_path, "m.csv", "external_id,colour\n"), parallel=True
+        )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
@@ -9,7 +10,7 @@ import click
 from engine.cli.main import cli, is_terminal, load_project, project_option
 from engine.cli.output import echo_err, print_table, progress_bar
 from engine.db import describe_url, upgrade_schema
-from engine.importer import KINDS, import_file
+from engine.importer import KINDS, PARALLEL_FROM_BYTES, import_file
 
 
 @cli.group()
@@ -43,7 +44,9 @@ def import_command(kind: str, file: Path, project_dir: Path) -> None:
     project = load_project(project_dir)
     engine = project.database()
     with progress_bar(f"Importing {kind}", None, is_terminal()) as update:
-        report = import_file(engine, kind, file, on_progress=update)
+        big = file.is_file() and file.stat().st_size >= PARALLEL_FROM_BYTES
+        parallel = big and (os.cpu_count() or 1) > 1
+        report = import_file(engine, kind, file, on_progress=update, parallel=parallel)
     click.echo(
         f"{file}: read {report.read} rows, imported {report.imported}, "
         f"rejected {report.rejected_count}."
