@@ -524,6 +524,7 @@ class ValidatedBatch:
     rejected: list[tuple[int, str]]
     read: int
     position: int
+    validated: bool = True  # False: ``rows`` hold the values as read
 
 
 def _reader_for(path: Path):
@@ -535,11 +536,10 @@ def _reader_for(path: Path):
     raise DataImportError(f"{path}: unknown file type {suffix!r} (use .csv or .jsonl)")
 
 
-def validated_batches(path: Path, kind: str, batch_size: int) -> Iterator[ValidatedBatch]:
-    """Read and validate ``path`` in batches (flat memory, whatever the file size)."""
+def read_batches(path: Path, kind: str, batch_size: int) -> Iterator[ValidatedBatch]:
+    """Rows as read, not yet validated, in batches (flat memory, whatever the file size)."""
     spec = SCHEMAS[kind]
     read = _reader_for(path)
-    plans: dict[Columns, RowPlan] = {}
     with path.open("r", encoding="utf-8", newline="") as handle:
         rows: list[ValidRow] = []
         rejected: list[tuple[int, str]] = []
@@ -550,20 +550,43 @@ def validated_batches(path: Path, kind: str, batch_size: int) -> Iterator[Valida
                 if columns is None:
                     rejected.append((line, str(raw)))
                     continue
-                plan = plans.get(columns)
-                if plan is None:
-                    plan = plans[columns] = RowPlan.build(spec, columns)
-                try:
-                    rows.append((line, columns, plan.validate(raw)))
-                except RowError as exc:
-                    rejected.append((line, str(exc)))
-                    continue
+                rows.append((line, columns, raw))
                 if len(rows) >= batch_size:
-                    yield ValidatedBatch(rows, rejected, count, handle.buffer.tell())
+                    yield ValidatedBatch(rows, rejected, count, handle.buffer.tell(), False)
                     rows, rejected, count = [], [], 0
         except UnicodeDecodeError:
             raise DataImportError(f"{path}: not UTF-8 text") from None
-        yield ValidatedBatch(rows, rejected, count, handle.buffer.tell())
+        yield ValidatedBatch(rows, rejected, count, handle.buffer.tell(), False)
+
+
+class BatchValidator:
+    """Validates read batches of one kind (one RowPlan per column set, built once)."""
+
+    def __init__(self, kind: str) -> None:
+        self.spec = SCHEMAS[kind]
+        self.plans: dict[Columns, RowPlan] = {}
+
+    def validate(self, batch: ValidatedBatch) -> ValidatedBatch:
+        if batch.validated:
+            return batch
+        rows: list[ValidRow] = []
+        rejected = batch.rejected
+        for line, columns, raw in batch.rows:
+            plan = self.plans.get(columns)
+            if plan is None:
+                plan = self.plans[columns] = RowPlan.build(self.spec, columns)
+            try:
+                rows.append((line, columns, plan.validate(raw)))
+            except RowError as exc:
+                rejected.append((line, str(exc)))
+        return ValidatedBatch(rows, rejected, batch.read, batch.position)
+
+
+def validated_batches(path: Path, kind: str, batch_size: int) -> Iterator[ValidatedBatch]:
+    """Read and validate ``path`` in batches."""
+    validator = BatchValidator(kind)
+    for batch in read_batches(path, kind, batch_size):
+        yield validator.validate(batch)
 
 
 TABLES = {"merchants": merchants, "orders": orders, "activities": activities}
@@ -605,11 +628,18 @@ def _wire_values(kind: str, dialect_name: str) -> Callable[[Columns, tuple], tup
 
 
 def _validate_in_child(path: str, kind: str, batch_size: int, dialect_name: str, queue) -> None:
-    """The second process of a parallel import: read, validate, hand over stored forms."""
+    """The second process of a parallel import: read everything, validate every other batch.
+
+    Reading is sequential and costs about as much as writing, so each process
+    validates half of the batches and the two cores stay busy.
+    """
     try:
         wire = _wire_values(kind, dialect_name)
-        for batch in validated_batches(Path(path), kind, batch_size):
-            batch.rows = [(line, columns, wire(columns, row)) for line, columns, row in batch.rows]
+        validator = BatchValidator(kind)
+        for number, batch in enumerate(read_batches(Path(path), kind, batch_size)):
+            if number % 2 == 0:  # the writing process validates the other half
+                batch = validator.validate(batch)
+                batch.rows = [(line, cols, wire(cols, row)) for line, cols, row in batch.rows]
             queue.put(batch)
         queue.put(None)
     except DataImportError as exc:
@@ -690,7 +720,9 @@ def import_file(
         )
 
     report = ImportReport(kind, path)
+    validator = BatchValidator(kind)
     for batch in _batches(path, kind, batch_size, parallel, engine.dialect.name):
+        batch = validator.validate(batch)
         report.read += batch.read
         for line, reason in batch.rejected:
             report.reject(line, reason)
