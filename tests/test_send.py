@@ -58,10 +58,8 @@ FILES = {
 COUNT = 12
 
 
-@pytest.fixture
-def shop(project, project_dir):
-    """The project with the files above and COUNT active merchants (merchant 5 lacks `greeting`)."""
-    write_files(project_dir, FILES)
+def add_merchants(project, count: int, *, without_greeting: tuple[int, ...] = ()) -> None:
+    """Merchants 1..count, each with a `greeting` attribute unless listed."""
     with project.engine.begin() as conn:
         conn.execute(
             merchants.insert(),
@@ -72,11 +70,18 @@ def shop(project, project_dir):
                     "email": f"m{i}@example.id",
                     "name": f"Merchant {i}",
                     "store_name": f"Toko {i}",
-                    "attributes": {} if i == 5 else {"greeting": "apa kabar"},
+                    "attributes": {} if i in without_greeting else {"greeting": "apa kabar"},
                 }
-                for i in range(1, COUNT + 1)
+                for i in range(1, count + 1)
             ],
         )
+
+
+@pytest.fixture
+def shop(project, project_dir):
+    """The project with the files above and COUNT active merchants (merchant 5 lacks `greeting`)."""
+    write_files(project_dir, FILES)
+    add_merchants(project, COUNT, without_greeting=(5,))
     fast = DeliverySettings(
         connections=2, rate=parse_rate("2000/s"), retry_backoff=timedelta(seconds=1), max_attempts=3
     )

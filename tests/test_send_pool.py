@@ -11,10 +11,9 @@ from datetime import timedelta
 
 import pytest
 from conftest import write_files
-from test_send import FILES
+from test_send import FILES, add_merchants
 
 from engine.config import DeliverySettings
-from engine.models import merchants
 from engine.sending import send_campaign
 from engine.times import parse_rate, utcnow
 
@@ -24,21 +23,7 @@ MERCHANTS = 260  # six batches of 50 (the smallest batch): several while the chi
 @pytest.fixture
 def crowd(project, project_dir):
     write_files(project_dir, FILES)
-    with project.engine.begin() as conn:
-        conn.execute(
-            merchants.insert(),
-            [
-                {
-                    "id": i,
-                    "external_id": f"m{i}",
-                    "email": f"m{i}@example.id",
-                    "name": f"Merchant {i}",
-                    "store_name": f"Toko {i}",
-                    "attributes": {"greeting": "apa kabar"},
-                }
-                for i in range(1, MERCHANTS + 1)
-            ],
-        )
+    add_merchants(project, MERCHANTS)
     delivery = DeliverySettings(
         connections=3, rate=parse_rate("5000/s"), retry_backoff=timedelta(seconds=1), batch_size=50
     )
