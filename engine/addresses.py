@@ -6,7 +6,7 @@ import re
 
 _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-_EMAIL = re.compile(rf"^{_ATOM}(?:\.{_ATOM})*@{_LABEL}(?:\.{_LABEL})*\.[A-Za-z]{{2,63}}$")
+EMAIL_PATTERN = re.compile(rf"^{_ATOM}(?:\.{_ATOM})*@{_LABEL}(?:\.{_LABEL})*\.[A-Za-z]{{2,63}}$")
 
 
 def normalize_email(text: str) -> str:
@@ -19,6 +19,6 @@ def normalize_email(text: str) -> str:
     value = text.strip() if isinstance(text, str) else text
     if not isinstance(value, str) or not value:
         raise ValueError("email is empty")
-    if len(value) > 254 or not _EMAIL.match(value) or len(value.split("@", 1)[0]) > 64:
+    if len(value) > 254 or not EMAIL_PATTERN.match(value) or len(value.split("@", 1)[0]) > 64:
         raise ValueError(f"{value!r} is not a valid email address")
     return value.lower()
