@@ -646,3 +646,5 @@ def main(argv: list[str]) -> None:
         )
     except BrokenPipeError:  # the importing process stopped reading: it has its reason
         sys.stderr.close()
+    except KeyboardInterrupt:  # Ctrl-C reaches both processes: the importing one reports it
+        sys.exit(130)

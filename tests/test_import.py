@@ -281,3 +281,12 @@ def test_parallel_validation_reports_a_bad_header_as_one_sentence(engine, tmp_pa
         import_file(
             engine, "merchants", write(tmp_path, "m.csv", "external_id,colour\n"), parallel=True
         )
+
+
+def test_a_second_process_that_dies_is_an_error_not_a_short_import(tmp_path):
+    """A crash of ours in the reading process must not pass for the end of the file."""
+    from engine.importer import _second_process_batches
+
+    path = write(tmp_path, "m.csv", MERCHANTS_CSV)
+    with pytest.raises(RuntimeError, match="ended without a word"):
+        list(_second_process_batches(path, "no-such-kind", 5, sqlite=True))
