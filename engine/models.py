@@ -102,8 +102,24 @@ class Message(SQLModel, table=True):
 
     __tablename__ = "messages"
     __table_args__ = (
-        # The claim query: due messages by state and time.
-        sa.Index("ix_messages_state_next", "state", "next_attempt_at"),
+        # The claim query: due messages by state and time. Partial: a message leaves it
+        # when claimed (its next_attempt_at is cleared) and comes back only to wait
+        # again, so marking it committing and recording its result write no index.
+        sa.Index(
+            "ix_messages_due",
+            "state",
+            "next_attempt_at",
+            sqlite_where=sa.text("next_attempt_at IS NOT NULL"),
+            postgresql_where=sa.text("next_attempt_at IS NOT NULL"),
+        ),
+        # Recovery: the messages in flight, by lease expiry (a few rows at any time).
+        sa.Index(
+            "ix_messages_leased",
+            "state",
+            "lease_expires_at",
+            sqlite_where=sa.text("lease_expires_at IS NOT NULL"),
+            postgresql_where=sa.text("lease_expires_at IS NOT NULL"),
+        ),
         # Reports by campaign and step, and the "already sent in this run" check.
         sa.Index("ix_messages_campaign_step", "campaign", "step", "run"),
         # The frequency cap: a merchant's recent messages.

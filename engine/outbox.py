@@ -324,9 +324,9 @@ _SUPPRESS_CLAIMED = (
     " WHERE id IN ({ids}) AND EXISTS (SELECT 1 FROM suppressions"
     " WHERE suppressions.email = messages.email AND suppressions.topic IN (messages.topic, '*'))"
 )
-_TAKE = (
+_TAKE = (  # next_attempt_at cleared: the message leaves ix_messages_due until it waits again
     "UPDATE messages SET state = 'sending', lease_token = :token, lease_expires_at = :expires,"
-    " worker = :worker, updated_at = :now"
+    " worker = :worker, updated_at = :now, next_attempt_at = NULL"
     " WHERE id IN ({ids}) AND state IN ('queued', 'deferred')"
 )
 _CLAIMED = (
@@ -530,7 +530,7 @@ class OutboxSession:
         """See ``claim``."""
         now = now or utcnow()
         token = secrets.token_hex(16)
-        # One ordered index range per state (ix_messages_state_next): no sort of the
+        # One ordered index range per state (ix_messages_due): no sort of the
         # whole backlog for each small claim. Retries first, they have waited longest.
         due = _DUE.format(
             filters=_scope_sql(campaign, run, step),
@@ -874,14 +874,22 @@ def _describe(result: Finish) -> str:
 # --- recovery -------------------------------------------------------------------
 
 
+def lease_expired(state: State, now: datetime) -> sa.ColumnElement[bool]:
+    """Messages in ``state`` whose lease ran out (read through ix_messages_leased)."""
+    return sa.and_(
+        messages.c.state == str(state),
+        messages.c.lease_expires_at.is_not(None),
+        messages.c.lease_expires_at < now,
+    )
+
+
 def recover(engine: Engine, *, now: datetime | None = None) -> dict[str, int]:
     """Expired leases: ``sending`` goes back to the queue, ``committing`` becomes ``unknown``."""
     now = now or utcnow()
-    expired = sa.and_(messages.c.lease_expires_at.is_not(None), messages.c.lease_expires_at < now)
     with write_transaction(engine) as conn:
         requeued = conn.execute(
             messages.update()
-            .where(messages.c.state == str(State.SENDING), expired)
+            .where(lease_expired(State.SENDING, now))
             .values(
                 state=sa.case(
                     (messages.c.attempts == 0, str(State.QUEUED)), else_=str(State.DEFERRED)
@@ -895,7 +903,7 @@ def recover(engine: Engine, *, now: datetime | None = None) -> dict[str, int]:
         ).rowcount
         unknown = conn.execute(
             messages.update()
-            .where(messages.c.state == str(State.COMMITTING), expired)
+            .where(lease_expired(State.COMMITTING, now))
             .values(
                 state=str(State.UNKNOWN),
                 lease_token=None,

@@ -303,3 +303,52 @@ def test_concurrent_claimers_never_share_a_message(engine):
     assert not errors
     assert len(seen) == total == len(set(seen))
     assert states(engine) == {"sent": total}
+
+
+def test_only_waiting_messages_are_in_the_due_index(engine):
+    """A claimed message leaves ix_messages_due; release, recovery and retries put it back."""
+    add_merchants(engine, 3)
+    enqueue(engine, [new(i) for i in range(1, 4)])
+
+    def due_at() -> dict[str, object]:
+        with engine.connect() as conn:
+            rows = conn.execute(sa.select(messages.c.key, messages.c.next_attempt_at))
+            return {key.rsplit("-", 1)[1]: at for key, at in rows}
+
+    assert all(at is not None for at in due_at().values())
+    a, b, c = claim(engine, worker="w", limit=3, lease=LEASE)
+    assert set(due_at().values()) == {None}
+    assert mark_committing(engine, a)
+    assert finish(engine, a, Finish("sent", 250), max_attempts=3, retry_backoff=LEASE) == State.SENT
+    assert release(engine, [b]) == 1
+    later = utcnow() + LEASE * 2
+    assert recover(engine, now=later) == {"requeued": 1, "unknown": 0}
+    waiting = due_at()
+    assert waiting["1"] is None and waiting["2"] is not None and waiting["3"] == later
+    # Both come back through the index: nothing waiting is ever out of it.
+    assert {m.key for m in claim(engine, worker="w2", limit=5, lease=LEASE, now=later)} == {
+        b.key,
+        c.key,
+    }
+
+
+def test_claims_and_recovery_read_the_partial_indexes(engine):
+    """SQLite uses a partial index only when the query implies its condition: keep it so."""
+    from engine import outbox
+
+    if engine.dialect.name != "sqlite":
+        pytest.skip("query plans are checked on SQLite")
+    due = outbox._DUE.format(filters="", lock="")
+    params = {"state": "queued", "now": "2026-11-30 00:00:00.000000", "room": 5}
+    recovery = (
+        sa.select(messages.c.id)
+        .where(outbox.lease_expired(State.SENDING, utcnow()))
+        .compile(engine, compile_kwargs={"literal_binds": True})
+    )
+    with engine.connect() as conn:
+        plans = {
+            "ix_messages_due": conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {due}", params).all(),
+            "ix_messages_leased": conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {recovery}").all(),
+        }
+    for index, plan in plans.items():
+        assert any(index in row[-1] for row in plan), plan
