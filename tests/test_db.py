@@ -71,3 +71,39 @@ def test_ensure_schema_creates_then_leaves_alone(db_url):
     ensure_schema(engine)  # the fast path: nothing to do
     assert current_revision(engine) == head_revision()
     engine.dispose()
+
+
+def test_0003_moves_messages_in_flight_out_of_the_due_index_and_back(db_url):
+    """An outbox made by 0002 (a message mid-send) upgrades and downgrades cleanly."""
+    from alembic import command
+
+    from engine.db import alembic_config
+
+    engine = make_engine(db_url)
+    command.upgrade(alembic_config(engine), "0002")
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO merchants (id, external_id, email, locale, timezone, status, attributes) VALUES (1, 'm1', 'a@b.id', 'id', 'Asia/Jakarta', 'active', '{}')"
+            )
+        )
+        for key, state in (("k-sending", "sending"), ("k-queued", "queued")):
+            conn.execute(
+                sa.text(
+                    "INSERT INTO messages (key, campaign, topic, merchant_id, email, sender, state,"
+                    " attempts, next_attempt_at, created_at, updated_at) VALUES (:key, 'c', 'promo',"
+                    " 1, 'a@b.id', 's@b.id', :state, 0, :at, :at, :at)"
+                ),
+                {"key": key, "state": state, "at": "2026-11-30 10:00:00.000000"},
+            )
+    assert upgrade_schema(engine) == ("0002", head_revision())
+    indexes = {i["name"] for i in sa.inspect(engine).get_indexes("messages")}
+    assert {"ix_messages_due", "ix_messages_leased"} <= indexes
+    assert "ix_messages_state_next" not in indexes
+    with engine.connect() as conn:
+        due = dict(conn.execute(sa.text("SELECT key, next_attempt_at FROM messages")).all())
+    assert due["k-sending"] is None and due["k-queued"] is not None
+    command.downgrade(alembic_config(engine), "0002")
+    indexes = {i["name"] for i in sa.inspect(engine).get_indexes("messages")}
+    assert "ix_messages_state_next" in indexes and "ix_messages_due" not in indexes
+    engine.dispose()
