@@ -425,7 +425,7 @@ def _produce(
     batch_size = max(50, settings.delivery.batch_size)
     with engine.connect() as conn:
         total = conn.execute(sa.select(sa.func.count()).where(plan.condition)).scalar()
-    pool = _start_pool(settings, plan, now, dry_run, total, limit, render_workers)
+    pool = _start_pool(settings, plan, now, dry_run, total, limit, render_workers, out_dir)
     pending: deque = deque()
 
     def record(results) -> None:
@@ -515,6 +515,10 @@ def _record(
     """Count rendered messages and failures; on a real send, put them in the outbox."""
     if isinstance(results, _RemoteError):
         raise CampaignError(results.message)
+    written = isinstance(results, _Enqueued)  # by the child that rendered them
+    if written:
+        report.enqueued += results.new
+        results = results.results
     outbox: list[NewMessage] = []
     for result in results:
         rendered = hasattr(result, "data")
@@ -533,12 +537,13 @@ def _record(
                     "subject": result.subject,
                 }
             )
-            if out_dir is not None:
+            if out_dir is not None and not written:
                 (out_dir / _eml_name(result.key)).write_bytes(result.data)
-        if not dry_run:
+        if not dry_run and not written:
             outbox.append(_new_message(plan, result, rendered))
     if outbox:
         report.enqueued += enqueue(engine, outbox)
+    if not dry_run and results:
         delivery.notify()
 
 
@@ -575,6 +580,14 @@ class _RemoteError:
     message: str
 
 
+@dataclass(frozen=True)
+class _Enqueued:
+    """A batch a child process rendered and put in the outbox itself (a real send)."""
+
+    results: list[_Rendered | _Failed]  # without their bytes
+    new: int  # outbox rows the batch added
+
+
 _WORKER: dict[str, Any] = {}
 
 
@@ -586,6 +599,7 @@ def _start_pool(
     total: int,
     limit: int | None,
     workers: int | None,
+    out_dir: Path | None,
 ):
     if workers is None:
         if total < POOL_THRESHOLD or limit is not None:
@@ -599,17 +613,21 @@ def _start_pool(
     if workers < 1:
         return None
     context = multiprocessing.get_context("spawn")
-    args = (settings, plan.campaign.name, now, plan.run, plan.step, not dry_run)
+    args = (settings, plan.campaign.name, now, plan.run, plan.step, not dry_run, out_dir)
     return ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=args)
 
 
-def _init_worker(settings, name: str, now: datetime, run, step, sending: bool) -> None:
+def _init_worker(
+    settings, name: str, now: datetime, run, step, sending: bool, out_dir: Path | None
+) -> None:
     from engine.db import make_engine
 
     plan = _plan(settings, name, now=now, run=run, step=step, sending=sending)
     _WORKER["plan"] = plan
     _WORKER["engine"] = make_engine(settings.database_url)
     _WORKER["now"] = now
+    _WORKER["sending"] = sending
+    _WORKER["out_dir"] = out_dir
     # Load the template now (premailer and all), then keep everything loaded so
     # far out of the garbage collector's sight: rendering allocates a lot, and
     # each full collection would otherwise walk these long-lived objects again.
@@ -618,7 +636,9 @@ def _init_worker(settings, name: str, now: datetime, run, step, sending: bool) -
     gc.freeze()
 
 
-def _render_remote(rows: list[dict[str, Any]]) -> list[_Rendered | _Failed] | _RemoteError:
+def _render_remote(
+    rows: list[dict[str, Any]],
+) -> list[_Rendered | _Failed] | _Enqueued | _RemoteError:
     if not rows:
         return []
     plan: _Plan = _WORKER["plan"]
@@ -631,12 +651,30 @@ def _render_remote(rows: list[dict[str, Any]]) -> list[_Rendered | _Failed] | _R
         # Our exceptions do not all survive pickling (ProjectFileError's signature):
         # send the sentence back and raise it in the parent.
         return _RemoteError(str(exc))
-    return [
-        _Rendered(r.key, r.merchant_id, r.email, r.subject, r.message_id, r.data)
-        if hasattr(r, "data")
-        else _Failed(r.key, r.merchant_id, r.email, r.reason)
-        for r in results
-    ]
+    if not _WORKER["sending"]:
+        return [
+            _Rendered(r.key, r.merchant_id, r.email, r.subject, r.message_id, r.data)
+            if hasattr(r, "data")
+            else _Failed(r.key, r.merchant_id, r.email, r.reason)
+            for r in results
+        ]
+    # A real send: the outbox rows are written here, and only what the report needs
+    # goes back (the bodies are the bulk of a batch: they need not cross twice).
+    out_dir: Path | None = _WORKER["out_dir"]
+    if out_dir is not None:
+        for r in results:
+            if hasattr(r, "data"):
+                (out_dir / _eml_name(r.key)).write_bytes(r.data)
+    new = enqueue(_WORKER["engine"], [_new_message(plan, r, hasattr(r, "data")) for r in results])
+    return _Enqueued(
+        [
+            _Rendered(r.key, r.merchant_id, r.email, r.subject, r.message_id, b"")
+            if hasattr(r, "data")
+            else _Failed(r.key, r.merchant_id, r.email, r.reason)
+            for r in results
+        ],
+        new,
+    )
 
 
 def _new_message(plan: _Plan, result, rendered: bool) -> NewMessage:

@@ -46,8 +46,13 @@ def test_a_pool_send_renders_the_same_messages_and_sends_each_once(crowd, smtp_s
         assert (tmp_path / "b" / eml.name).read_bytes() == eml.read_bytes()
     assert len(list((tmp_path / "b").glob("*.eml"))) == MERCHANTS
 
-    report = send_campaign(crowd, "news", now=now, render_workers=1)
+    # A real send: the child renders and writes the outbox rows itself (and the .eml files).
+    report = send_campaign(crowd, "news", now=now, render_workers=1, out_dir=tmp_path / "c")
     assert report.states == {"sent": MERCHANTS}
+    assert report.enqueued == report.would_send == MERCHANTS
+    for eml in (tmp_path / "c").glob("*.eml"):
+        assert (tmp_path / "b" / eml.name).read_bytes() == eml.read_bytes()
+    assert len(list((tmp_path / "c").glob("*.eml"))) == MERCHANTS
     assert [m["merchant_id"] for m in report.messages] == list(range(1, MERCHANTS + 1))
     recipients = smtp_server.recipients()
     assert sorted(recipients) == sorted(f"m{i}@example.id" for i in range(1, MERCHANTS + 1))
