@@ -171,6 +171,12 @@ class MessageBody(SQLModel, table=True):
         )
     )
     data: bytes = Field(sa_column=sa.Column(sa.LargeBinary, nullable=False))
+    # Checked when the message was rendered: ``data`` is already SMTP's DATA form
+    # (CRLF only, no line starting with a dot), so sending it needs no scan.
+    smtp_ready: bool = Field(
+        default=False,
+        sa_column=sa.Column(sa.Boolean, nullable=False, server_default=sa.false()),
+    )
 
 
 class Attempt(SQLModel, table=True):

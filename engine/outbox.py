@@ -43,6 +43,7 @@ from sqlalchemy.engine import Connection, Engine
 from engine.models import attempts as attempts_log
 from engine.models import message_bodies, messages
 from engine.times import utcnow
+from engine.transport import SmtpReady
 
 
 class State(StrEnum):
@@ -88,6 +89,7 @@ class NewMessage:
     run: str | None = None
     state: State = State.QUEUED
     last_error: str | None = None
+    smtp_ready: bool = False  # ``data`` is known to be in SMTP's DATA form (transport)
 
 
 @dataclass(frozen=True)
@@ -215,10 +217,14 @@ def enqueue(engine: Engine, batch: Sequence[NewMessage], *, now: datetime | None
         .on_conflict_do_nothing(index_elements=["key"])
         .returning(messages.c.id, messages.c.key)
     )
-    bodies = {m.key: m.data for m in batch if m.data is not None}
+    bodies = {m.key: (m.data, m.smtp_ready) for m in batch if m.data is not None}
     with write_transaction(engine) as conn:
         new = conn.execute(statement, rows).all()
-        body_rows = [{"message_id": i, "data": bodies[key]} for i, key in new if key in bodies]
+        body_rows = [
+            {"message_id": i, "data": bodies[key][0], "smtp_ready": bodies[key][1]}
+            for i, key in new
+            if key in bodies
+        ]
         if body_rows:
             conn.execute(message_bodies.insert(), body_rows)
         return len(new)
@@ -229,7 +235,7 @@ _INSERT_MESSAGE = (
     " state, attempts, next_attempt_at, message_id, last_error, created_at, updated_at)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?) ON CONFLICT (key) DO NOTHING"
 )
-_INSERT_BODY = "INSERT INTO message_bodies (message_id, data) VALUES (?, ?)"
+_INSERT_BODY = "INSERT INTO message_bodies (message_id, data, smtp_ready) VALUES (?, ?, ?)"
 
 
 def _enqueue_sqlite(conn: Connection, batch: Sequence[NewMessage], now: datetime) -> int:
@@ -275,7 +281,7 @@ def _enqueue_sqlite(conn: Connection, batch: Sequence[NewMessage], now: datetime
         ids = _present(cursor, [key for key, m in fresh.items() if m.data is not None])
         cursor.executemany(
             _INSERT_BODY,
-            [(message_id, fresh[key].data) for key, message_id in ids.items()],
+            [(id_, fresh[key].data, fresh[key].smtp_ready) for key, id_ in ids.items()],
         )
         return len(fresh)
     finally:
@@ -331,7 +337,7 @@ _TAKE = (  # next_attempt_at cleared: the message leaves ix_messages_due until i
 )
 _CLAIMED = (
     "SELECT messages.id, messages.key, messages.campaign, messages.email, messages.sender,"
-    " message_bodies.data, messages.attempts"
+    " message_bodies.data, messages.attempts, message_bodies.smtp_ready"
     " FROM messages LEFT OUTER JOIN message_bodies ON message_bodies.message_id = messages.id"
     " WHERE messages.id IN ({ids}) AND messages.lease_token = :token ORDER BY messages.id"
 )
@@ -568,12 +574,12 @@ class OutboxSession:
                 campaign_name,
                 email,
                 sender,
-                data if type(data) is bytes else bytes(data or b""),
+                SmtpReady(data or b"") if ready else bytes(data or b""),
                 attempts,
                 token,
                 worker,
             )
-            for id, key, campaign_name, email, sender, data, attempts in self._write(work)
+            for id, key, campaign_name, email, sender, data, attempts, ready in self._write(work)
         ]
 
     def release(

@@ -49,6 +49,7 @@ from engine.outbox import (
     write_transaction,
 )
 from engine.times import utcnow
+from engine.transport import is_smtp_ready
 
 MANUAL_RUN = "manual"
 # Every audience member not in ``would_send`` is either ``pending`` (its message
@@ -691,7 +692,11 @@ def _new_message(plan: _Plan, result, rendered: bool) -> NewMessage:
     )
     if rendered:
         return NewMessage(
-            subject=result.subject, message_id=result.message_id, data=result.data, **common
+            subject=result.subject,
+            message_id=result.message_id,
+            data=result.data,
+            smtp_ready=is_smtp_ready(result.data),  # here, not in the sending threads
+            **common,
         )
     # A render error fails that one message, with its reason, and the rest go on.
     return NewMessage(

@@ -352,3 +352,16 @@ def test_claims_and_recovery_read_the_partial_indexes(engine):
         }
     for index, plan in plans.items():
         assert any(index in row[-1] for row in plan), plan
+
+
+def test_a_body_marked_smtp_ready_is_claimed_as_such(engine):
+    """The mark made when rendering travels with the body to the sending thread."""
+    from dataclasses import replace as with_
+
+    from engine.transport import SmtpReady
+
+    add_merchants(engine, 2)
+    enqueue(engine, [with_(new(1), smtp_ready=True), new(2)])
+    ready, plain = claim(engine, worker="w", limit=2, lease=LEASE)
+    assert type(ready.data) is SmtpReady and type(plain.data) is bytes
+    assert ready.data == b"Subject: Hello 1\r\n\r\nbody 1\r\n"

@@ -577,3 +577,28 @@ def test_payload_is_dot_stuffed_crlf_text_ending_in_the_end_mark(lines):
     assert all(not line.startswith(b".") or line.startswith(b"..") for line in body_lines)
     expected = data if data.endswith(b"\n") else data + b"\n"  # a final line end is added once
     assert unstuffed == expected.split(b"\n")[:-1]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    data=st.binary(max_size=40)
+    | st.lists(st.sampled_from([b"a", b".", b"\r", b"\n", b"\r\n"])).map(b"".join)
+)
+def test_a_body_checked_as_smtp_ready_goes_out_unchanged(data):
+    """``is_smtp_ready`` says yes only where ``_payload`` would change nothing; a body
+    marked ready (``SmtpReady``) is then sent with the end mark alone, unscanned."""
+    from engine.transport import SmtpReady, _payload, is_smtp_ready
+
+    assert (_payload(data) == data + b".\r\n") == is_smtp_ready(data)
+    if is_smtp_ready(data):
+        assert _payload(SmtpReady(data)) == _payload(data)
+
+
+def test_a_ready_body_arrives_intact(smtp_server, transport):
+    from engine.transport import SmtpReady, is_smtp_ready
+
+    assert not is_smtp_ready(BODY)  # it has a line starting with a dot
+    ready = BODY.replace(b"\r\n.a line", b"\r\na line")
+    assert is_smtp_ready(ready)
+    assert transport.send(SENDER, GOOD, SmtpReady(ready)).outcome is Outcome.SENT
+    assert smtp_server.messages[0].data == ready
