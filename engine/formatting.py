@@ -17,7 +17,12 @@ from babel import Locale, UnknownLocaleError
 from babel.dates import format_date as _babel_date
 from babel.dates import format_time as _babel_time
 from babel.dates import get_timezone_name
-from babel.numbers import format_decimal, format_percent
+from babel.numbers import (
+    format_decimal,
+    format_percent,
+    get_group_symbol,
+    get_minus_sign_symbol,
+)
 
 DEFAULT_TIMEZONE = "Asia/Jakarta"
 
@@ -63,16 +68,49 @@ def _describe(value: object) -> str:
     return f"{type(value).__name__} {value!r}"[:80]
 
 
+@lru_cache(maxsize=16)
+def _whole_grouping(name: str | None) -> str | None:
+    """The group symbol of a locale whose standard number pattern groups whole numbers in
+    threes with a plain minus sign (``id``, ``en``), else None (Babel formats those)."""
+    loc = _locale(name)
+    pattern = loc.decimal_formats.get(None)
+    plain = (
+        pattern is not None
+        and pattern.grouping == (3, 3)
+        and pattern.int_prec[0] == 1
+        and pattern.prefix == ("", "-")
+        and pattern.suffix == ("", "")
+        and get_minus_sign_symbol(loc) == "-"
+    )
+    return get_group_symbol(loc) if plain else None
+
+
+def _grouped(whole: int, group: str) -> str:
+    """``1500000`` → ``1.500.000``: what Babel's ``#,##0`` gives, without its per-call cost
+    (measured: a sixth of the time of rendering a message with two amounts)."""
+    text = f"{abs(whole):,}"
+    if group != ",":
+        text = text.replace(",", group)
+    return f"-{text}" if whole < 0 else text
+
+
 def rupiah(value: object, locale: str | None = None) -> str:
     """``1500000`` → ``Rp1.500.000`` in every locale (whole Rupiah, Indonesian grouping)."""
-    amount = Decimal(str(_number(value, "rupiah"))).quantize(Decimal(1), rounding=ROUND_HALF_UP)
-    text = format_decimal(abs(amount), format="#,##0", locale=_locale("id"))
-    return f"-Rp{text}" if amount < 0 else f"Rp{text}"
+    number_ = _number(value, "rupiah")
+    if number_.__class__ is not int:
+        number_ = int(Decimal(str(number_)).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+    text = _grouped(abs(number_), _whole_grouping("id") or ".")
+    return f"-Rp{text}" if number_ < 0 else f"Rp{text}"
 
 
 def number(value: object, locale: str | None = None) -> str:
     """``1500000`` → ``1.500.000`` (id) / ``1,500,000`` (en)."""
-    return format_decimal(_number(value, "number"), locale=_locale(locale))
+    value = _number(value, "number")
+    if value.__class__ is int:
+        group = _whole_grouping(locale)
+        if group is not None:
+            return _grouped(value, group)
+    return format_decimal(value, locale=_locale(locale))
 
 
 def percent(value: object, locale: str | None = None) -> str:

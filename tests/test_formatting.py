@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import date, datetime
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from engine import formatting
 from engine.formatting import FormatError
@@ -90,3 +92,22 @@ def test_none_date_says_how_to_guard_it():
 def test_unknown_time_zone():
     with pytest.raises(FormatError, match="time zone"):
         formatting.format_date(datetime(2026, 1, 1), "id", "Mars/Olympus")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    value=st.integers(-(10**20), 10**20)
+    | st.decimals(-(10**15), 10**15, allow_nan=False, places=3)
+    | st.floats(-1e12, 1e12, allow_nan=False),
+    locale=st.sampled_from(["id", "en"]),
+)
+def test_whole_numbers_are_grouped_exactly_as_babel_does(value, locale):
+    """The fast path for whole numbers gives Babel's own output, digit for digit."""
+    from decimal import ROUND_HALF_UP, Decimal
+
+    from babel.numbers import format_decimal
+
+    assert formatting.number(value, locale) == format_decimal(value, locale=locale)
+    amount = Decimal(str(value)).quantize(Decimal(1), rounding=ROUND_HALF_UP)
+    text = format_decimal(abs(amount), format="#,##0", locale="id")
+    assert formatting.rupiah(value, locale) == (f"-Rp{text}" if amount < 0 else f"Rp{text}")
