@@ -552,8 +552,10 @@ def _record(
 #
 # Rendering is pure CPU and holds the GIL; the sender threads need it too. For
 # large sends the batches are rendered in child processes (spawned, each with its
-# own database connection for the batch statistics) while this process filters
-# the audience, writes the outbox and drives SMTP.
+# own database connection) while this process filters the audience and drives
+# SMTP. On a real send a child also writes its batch to the outbox (an SQLite
+# writer in another process just waits for the lock, as a second `send` would),
+# so the bodies never cross back; a dry run gets the bytes back instead.
 
 POOL_THRESHOLD = 5000  # audience size from which child processes pay for their start-up
 
