@@ -556,15 +556,6 @@ class BatchValidator:
         return ValidatedBatch(rows, rejected, batch.read, batch.position)
 
 
-def validated_batches(
-    path: Path, kind: str, batch_size: int, sqlite: bool
-) -> Iterator[ValidatedBatch]:
-    """Read and validate ``path`` in batches."""
-    validator = BatchValidator(kind, sqlite)
-    for batch in read_batches(path, kind, batch_size):
-        yield validator.validate(batch)
-
-
 def serve_batches(
     path: Path, kind: str, batch_size: int, sqlite: bool, share: tuple[int, int], out: BinaryIO
 ) -> None:

@@ -112,7 +112,10 @@ class UpsertWriter:
             return str(compiled), getter
         process = [
             (i, p)
-            for i, p in enumerate(self._processor(self.table.c[n].type) for n in names)
+            for i, p in enumerate(
+                self.table.c[n].type.dialect_impl(self.dialect).bind_processor(self.dialect)
+                for n in names
+            )
             if p is not None
         ]
         positional = compiled.positional
@@ -125,9 +128,6 @@ class UpsertWriter:
             return tuple(values) if positional else dict(zip(names, values, strict=True))
 
         return str(compiled), params
-
-    def _processor(self, column_type):
-        return column_type.dialect_impl(self.dialect).bind_processor(self.dialect)
 
     def write(self, conn, columns: Columns, rows: Sequence[tuple]) -> None:
         if columns not in self._compiled:

@@ -189,8 +189,7 @@ def test_json_lines_values_agree_with_the_converters(data, sqlite):
 )
 @pytest.mark.parametrize("sqlite", [True, False])
 def test_edge_cells_agree(cell, column, sqlite):
-    columns = ("external_id", "email", column) if column not in ("external_id", "email") else None
-    columns = columns or ("external_id", "email")
+    columns = tuple(dict.fromkeys(("external_id", "email", column)))  # each column once
     row = {"external_id": "m1", "email": "a@b.id", column: cell}
     agree("merchants", columns, [row[c] for c in columns], sqlite)
 
