@@ -1,11 +1,21 @@
-"""Database engines and schema migrations (Alembic, shipped in ``engine/migrations``)."""
+"""Database engines, their transaction rules, and schema migrations (Alembic, in ``engine/migrations``).
+
+The one place that knows how SQLite and PostgreSQL differ for writers: on
+PostgreSQL each connection commits on its own (claims use ``FOR UPDATE SKIP
+LOCKED``); on SQLite every write transaction starts with ``BEGIN IMMEDIATE``
+and the threads of one process queue on one mutex per database file.
+"""
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
 
 from engine.errors import DatabaseError
 
@@ -34,8 +44,72 @@ def make_engine(url: str, **kwargs) -> Engine:
     return sa.create_engine(url, pool_pre_ping=True, **kwargs)
 
 
-def is_sqlite(engine: Engine) -> bool:
+def is_sqlite(engine: Engine | Connection) -> bool:
     return engine.dialect.name == "sqlite"
+
+
+_WRITER_LOCKS: dict[str, threading.RLock] = {}
+WRITER_LOCKS_GUARD = threading.Lock()
+
+
+def sqlite_writer_lock(engine: Engine) -> threading.RLock:
+    """One lock per SQLite file in this process (re-entrant: a writer may nest)."""
+    key = str(engine.url.database)
+    with WRITER_LOCKS_GUARD:
+        return _WRITER_LOCKS.setdefault(key, threading.RLock())
+
+
+@contextmanager
+def write_transaction(engine: Engine, *, checkpoint_after: bool = False) -> Iterator[Connection]:
+    """A short write transaction; ``BEGIN IMMEDIATE`` on SQLite.
+
+    pysqlite normally opens transactions itself (lazily, DEFERRED), so a
+    SELECT-then-UPDATE in WAL mode can fail with "database is locked" instead of
+    waiting. The SQLAlchemy-documented recipe: put the DBAPI connection in
+    autocommit mode (``isolation_level = None``) and emit BEGIN ourselves.
+
+    ``checkpoint_after`` (SQLite, for large writes such as a batch of message
+    bodies): the WAL checkpoint that the commit would run while this process's
+    other writers wait on the mutex runs after it, beside them, instead.
+    """
+    if not is_sqlite(engine):
+        with engine.begin() as conn:
+            yield conn
+        return
+    # Threads of this process queue on a mutex rather than in SQLite's busy
+    # handler, which sleeps in steps of milliseconds: with several sender threads
+    # that sleeping, not the writes, was most of the time per message. Other
+    # processes still wait in the busy handler (busy_timeout).
+    with engine.connect() as conn:
+        dbapi = conn.connection.dbapi_connection
+        previous = dbapi.isolation_level
+        dbapi.isolation_level = None
+        automatic = None
+        if checkpoint_after:
+            automatic = dbapi.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+            dbapi.execute("PRAGMA wal_autocheckpoint = 0")
+        try:
+            with sqlite_writer_lock(engine):
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                except BaseException:
+                    conn.rollback()
+                    raise
+                conn.commit()
+        finally:
+            dbapi.isolation_level = previous
+            if automatic is not None:
+                dbapi.execute(f"PRAGMA wal_autocheckpoint = {int(automatic)}")
+        if checkpoint_after:
+            # PASSIVE: copies what it can without waiting for (or blocking) anyone.
+            dbapi.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
+
+def dialect_insert(engine_or_conn: Engine | Connection):
+    """The dialect's ``insert`` (with ``on_conflict_do_nothing``): PostgreSQL's or SQLite's."""
+    dialect = engine_or_conn.dialect.name
+    return (postgresql if dialect == "postgresql" else sqlite).insert
 
 
 def alembic_config(engine: Engine):

@@ -48,6 +48,10 @@ class ProjectFileError(CampaignError):
         self.detail = message
         super().__init__(f"{self.location}: {message}")
 
+    def __reduce__(self):
+        # Pickled as its own arguments, so that it crosses to and from render processes.
+        return (type(self), (self.path, self.line, self.detail))
+
     @property
     def location(self) -> str:
         return f"{self.path}:{self.line}" if self.line else str(self.path)
@@ -87,3 +91,6 @@ class ProblemList(CampaignError):
     def __init__(self, problems: Iterable[CampaignError]) -> None:
         self.problems = list(problems)
         super().__init__("\n".join(str(p) for p in self.problems))
+
+    def __reduce__(self):
+        return (type(self), (self.problems,))

@@ -37,9 +37,15 @@ from enum import StrEnum
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
+from engine.db import (
+    WRITER_LOCKS_GUARD,
+    dialect_insert,
+    is_sqlite,
+    sqlite_writer_lock,
+    write_transaction,
+)
 from engine.models import attempts as attempts_log
 from engine.models import message_bodies, messages
 from engine.times import utcnow
@@ -107,76 +113,6 @@ class Claim:
     worker: str
 
 
-# --- transactions --------------------------------------------------------------
-
-
-def is_sqlite(engine: Engine) -> bool:
-    return engine.dialect.name == "sqlite"
-
-
-_WRITER_LOCKS: dict[str, threading.RLock] = {}
-_WRITER_LOCKS_GUARD = threading.Lock()
-
-
-def _sqlite_writer_lock(engine: Engine) -> threading.RLock:
-    """One lock per SQLite file in this process (re-entrant: a writer may nest)."""
-    key = str(engine.url.database)
-    with _WRITER_LOCKS_GUARD:
-        return _WRITER_LOCKS.setdefault(key, threading.RLock())
-
-
-@contextmanager
-def write_transaction(engine: Engine, *, checkpoint_after: bool = False) -> Iterator[Connection]:
-    """A short write transaction; ``BEGIN IMMEDIATE`` on SQLite.
-
-    pysqlite normally opens transactions itself (lazily, DEFERRED), so a
-    SELECT-then-UPDATE in WAL mode can fail with "database is locked" instead of
-    waiting. The SQLAlchemy-documented recipe: put the DBAPI connection in
-    autocommit mode (``isolation_level = None``) and emit BEGIN ourselves.
-
-    ``checkpoint_after`` (SQLite, for large writes such as a batch of message
-    bodies): the WAL checkpoint that the commit would run while this process's
-    other writers wait on the mutex runs after it, beside them, instead.
-    """
-    if not is_sqlite(engine):
-        with engine.begin() as conn:
-            yield conn
-        return
-    # Threads of this process queue on a mutex rather than in SQLite's busy
-    # handler, which sleeps in steps of milliseconds: with several sender threads
-    # that sleeping, not the writes, was most of the time per message. Other
-    # processes still wait in the busy handler (busy_timeout).
-    with engine.connect() as conn:
-        dbapi = conn.connection.dbapi_connection
-        previous = dbapi.isolation_level
-        dbapi.isolation_level = None
-        automatic = None
-        if checkpoint_after:
-            automatic = dbapi.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
-            dbapi.execute("PRAGMA wal_autocheckpoint = 0")
-        try:
-            with _sqlite_writer_lock(engine):
-                conn.exec_driver_sql("BEGIN IMMEDIATE")
-                try:
-                    yield conn
-                except BaseException:
-                    conn.rollback()
-                    raise
-                conn.commit()
-        finally:
-            dbapi.isolation_level = previous
-            if automatic is not None:
-                dbapi.execute(f"PRAGMA wal_autocheckpoint = {int(automatic)}")
-        if checkpoint_after:
-            # PASSIVE: copies what it can without waiting for (or blocking) anyone.
-            dbapi.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-
-
-def _insert(engine_or_conn: Engine | Connection):
-    dialect = engine_or_conn.dialect.name
-    return (postgresql if dialect == "postgresql" else sqlite).insert
-
-
 # --- enqueue ---------------------------------------------------------------------
 
 
@@ -213,7 +149,7 @@ def enqueue(engine: Engine, batch: Sequence[NewMessage], *, now: datetime | None
         for m in batch
     ]
     statement = (
-        _insert(engine)(messages)
+        dialect_insert(engine)(messages)
         .on_conflict_do_nothing(index_elements=["key"])
         .returning(messages.c.id, messages.c.key)
     )
@@ -407,7 +343,7 @@ _GROUPS: dict[str, _Group] = {}
 def _sqlite_group(engine: Engine) -> _Group:
     """The work waiting for this process's writer mutex on one SQLite file."""
     key = str(engine.url.database)
-    with _WRITER_LOCKS_GUARD:
+    with WRITER_LOCKS_GUARD:
         return _GROUPS.setdefault(key, _Group())
 
 
@@ -425,7 +361,7 @@ class OutboxSession:
         self.conn = conn
         self.sqlite = conn.dialect.name == "sqlite"
         self._dbapi = conn.connection.dbapi_connection
-        self._lock = _sqlite_writer_lock(conn.engine) if self.sqlite else None
+        self._lock = sqlite_writer_lock(conn.engine) if self.sqlite else None
         self._group = _sqlite_group(conn.engine) if self.sqlite else None
         self._previous = None
         if self.sqlite:

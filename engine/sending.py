@@ -30,7 +30,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from engine.addresses import normalize_email
-from engine.db import current_revision, head_revision
+from engine.db import current_revision, dialect_insert, head_revision, write_transaction
 from engine.errors import CampaignError, DeliveryError
 from engine.keys import message_key
 from engine.models import campaign_runs, merchants, messages
@@ -39,14 +39,12 @@ from engine.outbox import (
     PENDING,
     NewMessage,
     State,
-    _insert,
     enqueue,
     existing_keys,
     release_server_holds,
     requeue_unknown,
     state_counts,
     waiting,
-    write_transaction,
 )
 from engine.times import utcnow
 from engine.transport import is_smtp_ready
@@ -336,7 +334,7 @@ def send_campaign(
         if plan.run is not None:
             with write_transaction(engine) as conn:
                 conn.execute(
-                    _insert(conn)(campaign_runs)
+                    dialect_insert(conn)(campaign_runs)
                     .values(campaign=campaign.name, run=plan.run, started_at=utcnow())
                     .on_conflict_do_nothing(index_elements=["campaign", "run"])
                 )

@@ -15,9 +15,9 @@ from sqlalchemy.engine import Connection, Engine
 
 from engine.addresses import normalize_email
 from engine.campaigns import TOPICS
+from engine.db import dialect_insert, write_transaction
 from engine.errors import SuppressionError
 from engine.models import suppressions
-from engine.outbox import _insert, write_transaction
 from engine.times import utcnow
 
 ALL_TOPICS = "*"
@@ -51,7 +51,7 @@ def suppress_in(
 ) -> bool:
     """Add a suppression inside an open transaction; False when it was already there."""
     statement = (
-        _insert(conn)(suppressions)
+        dialect_insert(conn)(suppressions)
         .values(
             email=email.strip().lower(),
             topic=topic,
