@@ -234,7 +234,8 @@ def transport_throughput(
 ) -> Throughput:
     """The same loop through ``engine.transport.SmtpTransport`` (its overhead over smtplib)."""
     from engine.config import SmtpSettings
-    from engine.transport import Outcome, SmtpTransport
+    from engine.outcomes import Outcome
+    from engine.transport import SmtpTransport
 
     shares = [messages[i::connections] for i in range(connections)]
     failures: list[str] = []

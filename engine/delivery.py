@@ -105,7 +105,7 @@ class Delivery:
         worker: str | None = None,
         server_patience: float = 10.0,
     ) -> None:
-        from engine.transport import RateLimiter, ServerBackoff
+        from engine.pacing import RateLimiter, ServerBackoff
 
         self.engine = engine
         self.settings = settings

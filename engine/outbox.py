@@ -48,8 +48,8 @@ from engine.db import (
 )
 from engine.models import attempts as attempts_log
 from engine.models import message_bodies, messages
+from engine.smtp_wire import SmtpReady
 from engine.times import utcnow
-from engine.transport import SmtpReady
 
 
 class State(StrEnum):

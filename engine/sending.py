@@ -46,8 +46,8 @@ from engine.outbox import (
     state_counts,
     waiting,
 )
+from engine.smtp_wire import is_smtp_ready
 from engine.times import utcnow
-from engine.transport import is_smtp_ready
 
 MANUAL_RUN = "manual"
 # Every audience member not in ``would_send`` is either ``pending`` (its message

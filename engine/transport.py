@@ -1,81 +1,30 @@
-"""SMTP transport: one reused connection per sender thread, TLS verified, replies sorted by kind.
+"""SMTP transport: one reused connection per sender thread, TLS verified.
 
 The only module that imports ``smtplib`` and ``ssl``. ``SmtpTransport.send`` speaks
 MAIL, RCPT, then calls ``on_commit()`` (the outbox durably marks the message
-``committing``), then DATA, and returns a ``DeliveryResult``; it never raises for
-network or SMTP trouble. How a reply is sorted (``classify_reply``):
-
-==========================================  ==============  =======================================
-Reply                                       Outcome         What the outbox does
-==========================================  ==============  =======================================
-250 after the body                          ``sent``        done; the queue id is kept
-4xx; connection dropped before the body     ``deferred``    retry with exponential backoff
-552 at RCPT (RFC 5321 4.5.3.1.10)           ``deferred``    (treated as 452 "mailbox full")
-421 anywhere; connect, TLS, AUTH failures   ``server_down`` pause the whole server, no attempt charged
-5xx                                         ``failed``      permanent
-5xx with 5.1.x at RCPT/DATA (bad mailbox)   ``bounced``     failed, and the address is suppressed
-drop/timeout after the body, before reply   ``unknown``     the server may have it: never resent
-==========================================  ==============  =======================================
-
-5.1.7 and 5.1.8 name the *sender's* address and a 5.1.x reply to MAIL FROM is
-about the sender too, so those fail without suppressing the recipient.
+``committing``), then DATA, and returns a ``DeliveryResult`` (``engine.outcomes``);
+it never raises for network or SMTP trouble. How a reply is sorted is
+``engine.smtp_replies.classify_reply``; the DATA form is ``engine.smtp_wire``.
 """
 
 from __future__ import annotations
 
-import email.utils
 import functools
-import re
 import smtplib
 import socket
 import ssl
-import threading
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from enum import StrEnum
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from engine.config import SmtpSettings
-from engine.times import Rate
+from engine.outcomes import DeliveryResult, Outcome, SmtpReply
+from engine.smtp_replies import ENHANCED, classify_reply, parse_enhanced, parse_queue_id
+from engine.smtp_wire import angle_address, data_payload
 
-STAGES = ("connect", "tls", "auth", "mail", "rcpt", "data", "body")
-_SETUP_STAGES = ("connect", "tls", "auth")
-_SENDER_BOUNCES = (
-    "5.1.7",
-    "5.1.8",
-)  # bad sender mailbox / sender system: not the recipient's fault
+if TYPE_CHECKING:
+    from engine.pacing import RateLimiter
+
 _MAX_TEXT = 1000
-
-
-class Outcome(StrEnum):
-    SENT = "sent"
-    DEFERRED = "deferred"
-    FAILED = "failed"
-    BOUNCED = "bounced"  # failed, and the recipient's address goes on the suppression list
-    UNKNOWN = "unknown"  # the body went out but no reply came: the server may have the message
-    SERVER_DOWN = "server_down"  # back off the whole server; the message is not charged an attempt
-
-
-@dataclass(frozen=True)
-class SmtpReply:
-    """A server reply (code None when there was none: a drop, a timeout, a refused connection)."""
-
-    code: int | None
-    enhanced: str | None
-    text: str
-    queue_id: str | None = None
-
-    def __str__(self) -> str:
-        return " ".join(str(p) for p in (self.code, self.enhanced, self.text) if p)
-
-
-@dataclass(frozen=True)
-class DeliveryResult:
-    outcome: Outcome
-    reply: SmtpReply
-    body_sent: bool
-    stage: str = "body"  # where the attempt ended: one of STAGES
 
 
 class Transport(Protocol):
@@ -89,66 +38,6 @@ class Transport(Protocol):
     ) -> DeliveryResult: ...
 
     def close(self) -> None: ...
-
-
-# --- replies ---------------------------------------------------------------------
-
-_ENHANCED = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})(?=\s|$)")
-_QUEUE_ID = (
-    re.compile(r"queued as\s+<?([\w.@-]+)>?", re.IGNORECASE),  # Postfix, aiosmtpd tests
-    re.compile(r"\bid=([\w.-]+)"),  # Exim
-    re.compile(r"^([\w]{6,})\s+Message accepted", re.IGNORECASE),  # Sendmail
-    re.compile(r"^OK\s+\d+\s+(\S+)\s+-\s+gsmtp", re.IGNORECASE),  # Gmail
-    re.compile(r"^Ok\s+<?([0-9a-f][0-9a-f-]{15,})>?\s*$", re.IGNORECASE),  # SES and the like
-)
-
-
-def parse_enhanced(text: str) -> str | None:
-    """The RFC 3463 enhanced status code at the start of a reply text (``"5.1.1"``), if any."""
-    match = _ENHANCED.match(text.strip())
-    return ".".join(match.groups()) if match else None
-
-
-def parse_queue_id(text: str) -> str | None:
-    """The server's queue id from a 250 reply (``"Ok: queued as ABC123"`` → ``"ABC123"``)."""
-    for pattern in _QUEUE_ID:
-        match = pattern.search(text)
-        if match:
-            return match.group(1)
-    return None
-
-
-def classify_reply(code: int | None, text: str, *, stage: str) -> Outcome:
-    """Sort the reply that ended an attempt at ``stage`` (see the module's table).
-
-    ``code`` None means no reply at all (refused, dropped, timed out). A positive
-    reply classifies as SENT: callers classify only the reply that ended the attempt.
-    """
-    if stage not in STAGES:
-        raise ValueError(f"unknown SMTP stage {stage!r} (one of {', '.join(STAGES)})")
-    if code is None or code < 100:  # no reply, or a garbled one (smtplib's -1)
-        if stage == "body":
-            return Outcome.UNKNOWN
-        return Outcome.SERVER_DOWN if stage in _SETUP_STAGES else Outcome.DEFERRED
-    if 200 <= code < 400:
-        return Outcome.SENT
-    if code == 421 or stage in _SETUP_STAGES:
-        return Outcome.SERVER_DOWN
-    if 400 <= code < 500:
-        return Outcome.DEFERRED
-    if 500 <= code < 600:
-        if stage == "rcpt" and code == 552:
-            return Outcome.DEFERRED
-        enhanced = parse_enhanced(text)
-        if (
-            stage != "mail"
-            and enhanced
-            and enhanced.startswith("5.1.")
-            and enhanced not in _SENDER_BOUNCES
-        ):
-            return Outcome.BOUNCED
-        return Outcome.FAILED
-    return Outcome.UNKNOWN if stage == "body" else Outcome.DEFERRED
 
 
 # --- the connection ------------------------------------------------------------------
@@ -183,52 +72,6 @@ class _Stop(Exception):
 
     def __init__(self, result: DeliveryResult) -> None:
         self.result = result
-
-
-_EOL = re.compile(rb"\r\n|\r|\n")
-_LEADING_DOT = re.compile(rb"(?m)^\.")
-
-
-def _angle(address: str) -> str:
-    """``a@b`` or ``Name <a@b>`` → ``<a@b>`` for MAIL FROM / RCPT TO (``<>``: the null sender)."""
-    if "<" in address or "(" in address:
-        address = email.utils.parseaddr(address)[1]
-    return f"<{address}>"
-
-
-class SmtpReady(bytes):
-    """Message bytes known to be in SMTP's DATA form already (see ``is_smtp_ready``)."""
-
-    __slots__ = ()
-
-
-def is_smtp_ready(data: bytes) -> bool:
-    """True when ``data`` needs no change to go after DATA: CRLF line ends only, no line
-    starting with a dot, a final CRLF. (Cheap scans, but scans of the whole message.)"""
-    crlf = data.count(b"\r\n")
-    return (
-        data.endswith(b"\r\n")
-        and data.count(b"\n") == crlf
-        and data.count(b"\r") == crlf
-        and not data.startswith(b".")
-        and b"\n." not in data
-    )
-
-
-def _payload(data: bytes) -> bytes:
-    """CRLF line ends, dot-stuffing and the end-of-data mark (RFC 5321 4.5.2)."""
-    if data.__class__ is SmtpReady:  # checked when it was rendered
-        return data + b".\r\n"
-    crlf = data.count(b"\r\n")
-    body = data
-    # The checks are cheap scans; the regexes only run on bodies that need them.
-    if data.count(b"\n") != crlf or data.count(b"\r") != crlf:
-        body = _EOL.sub(b"\r\n", body)
-    if body.startswith(b".") or b"\n." in body:
-        body = _LEADING_DOT.sub(b"..", body)
-    if not body.endswith(b"\r\n"):
-        body += b"\r\n"
-    return body + b".\r\n"
 
 
 class SmtpTransport(Transport):
@@ -440,8 +283,8 @@ class SmtpTransport(Transport):
             options, encoding = " SMTPUTF8", "utf-8"
         if not data.isascii() and conn.has_extn("8bitmime"):
             options += " BODY=8BITMIME"
-        mail = f"MAIL FROM:{_angle(sender)}{options}\r\n".encode(encoding)
-        rcpt = f"RCPT TO:{_angle(recipient)}\r\n".encode(encoding)
+        mail = f"MAIL FROM:{angle_address(sender)}{options}\r\n".encode(encoding)
+        rcpt = f"RCPT TO:{angle_address(recipient)}\r\n".encode(encoding)
 
         stage = "mail"
         if self.pipeline_data and conn.has_extn("pipelining"):
@@ -492,7 +335,7 @@ class SmtpTransport(Transport):
                 return self._refused(stage, code, text)
             # If sending fails part-way the end-of-data mark never left this host,
             # so the server cannot have accepted the message: still a "before the body" drop.
-            conn.send(_payload(data))
+            conn.send(data_payload(data))
         except (smtplib.SMTPException, OSError) as exc:
             raise self._drop(stage, exc) from None
         return self._body_reply(conn)
@@ -558,7 +401,7 @@ class SmtpTransport(Transport):
                 self._discard()
                 raise
         try:
-            conn.send(_payload(data))
+            conn.send(data_payload(data))
         except (smtplib.SMTPException, OSError) as exc:
             raise self._drop("data", exc) from None
         return self._body_reply(conn)
@@ -626,7 +469,7 @@ class SmtpTransport(Transport):
         lines = [line.strip() for line in str(text).splitlines() if line.strip()]
         enhanced = parse_enhanced(lines[0]) if lines and code is not None else None
         if enhanced:  # the code repeats on every line of a multi-line reply; keep the words
-            lines = [_ENHANCED.sub("", line, count=1).strip() for line in lines]
+            lines = [ENHANCED.sub("", line, count=1).strip() for line in lines]
         clean = self._scrub(" ".join(lines))[:_MAX_TEXT]
         if outcome is None:
             outcome = classify_reply(code, f"{enhanced or ''} {clean}", stage=stage)
@@ -639,95 +482,3 @@ class SmtpTransport(Transport):
         if password and password in text:
             text = text.replace(password, "********")
         return text
-
-
-# --- pacing -----------------------------------------------------------------------------
-
-
-class RateLimiter:
-    """The overall sending cap shared by every connection of a process (thread-safe).
-
-    Generic cell rate algorithm: each ``acquire()`` reserves the next free slot
-    under a lock and sleeps outside it, so waiting threads queue up fairly and a
-    late wake-up does not lose throughput. ``burst`` slots may be used at once.
-    """
-
-    def __init__(
-        self,
-        rate: Rate,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
-        *,
-        burst: int = 1,
-    ) -> None:
-        if burst < 1:
-            raise ValueError("burst must be at least 1")
-        self.rate = rate
-        self.interval = 1.0 / rate.per_second
-        self._tolerance = (burst - 1) * self.interval
-        self._clock = clock
-        self._sleep = sleep
-        self._lock = threading.Lock()
-        self._next: float | None = None  # theoretical arrival time of the next message
-
-    def acquire(self) -> float:
-        """Wait for a slot; returns the seconds waited."""
-        with self._lock:
-            now = self._clock()
-            slot = now if self._next is None else max(self._next, now)
-            self._next = slot + self.interval
-            wait = slot - self._tolerance - now
-        if wait > 0:
-            self._sleep(wait)
-            return wait
-        return 0.0
-
-
-class ServerBackoff:
-    """Pause for the whole server after consecutive SERVER_DOWN results (thread-safe).
-
-    ``record(result)`` after every send; SERVER_DOWN number n pauses the server
-    ``base * 2**(n-1)`` seconds (at most ``maximum``), anything else resets it.
-    Before sending, ``remaining()`` says how long to hold off (or ``wait()``).
-    """
-
-    def __init__(
-        self,
-        *,
-        base: float = 1.0,
-        maximum: float = 300.0,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> None:
-        self.base = base
-        self.maximum = maximum
-        self._clock = clock
-        self._sleep = sleep
-        self._lock = threading.Lock()
-        self.failures = 0
-        self._until = 0.0
-
-    def record(self, result: DeliveryResult | Outcome) -> float:
-        """Note one result; returns the pause now in force (seconds)."""
-        outcome = result.outcome if isinstance(result, DeliveryResult) else result
-        with self._lock:
-            now = self._clock()
-            if outcome is Outcome.SERVER_DOWN:
-                self.failures += 1
-                pause = min(self.maximum, self.base * 2 ** (self.failures - 1))
-                self._until = max(self._until, now + pause)
-            else:
-                self.failures = 0
-                self._until = 0.0
-            return max(0.0, self._until - now)
-
-    def remaining(self) -> float:
-        with self._lock:
-            return max(0.0, self._until - self._clock())
-
-    def wait(self) -> float:
-        """Sleep out the current pause; returns the seconds slept."""
-        pause = self.remaining()
-        if pause > 0:
-            self._sleep(pause)
-        return pause

@@ -358,7 +358,7 @@ def test_a_body_marked_smtp_ready_is_claimed_as_such(engine):
     """The mark made when rendering travels with the body to the sending thread."""
     from dataclasses import replace as with_
 
-    from engine.transport import SmtpReady
+    from engine.smtp_wire import SmtpReady
 
     add_merchants(engine, 2)
     enqueue(engine, [with_(new(1), smtp_ready=True), new(2)])

@@ -13,18 +13,11 @@ from hypothesis import strategies as st
 from smtp_server import Rule, spawn_server
 
 from engine.config import Secret
+from engine.outcomes import STAGES, DeliveryResult, Outcome
+from engine.pacing import RateLimiter, ServerBackoff
+from engine.smtp_replies import classify_reply, parse_enhanced, parse_queue_id
 from engine.times import Rate, parse_rate
-from engine.transport import (
-    STAGES,
-    DeliveryResult,
-    Outcome,
-    RateLimiter,
-    ServerBackoff,
-    SmtpTransport,
-    classify_reply,
-    parse_enhanced,
-    parse_queue_id,
-)
+from engine.transport import SmtpTransport
 
 SENDER = "news@toko.example.id"
 GOOD = "budi@example.id"
@@ -566,7 +559,7 @@ def test_connect_opens_the_connection_up_front(smtp_server):
 @settings(max_examples=80, deadline=None)
 @given(lines=st.lists(st.binary(max_size=20).filter(lambda b: b"\r" not in b and b"\n" not in b)))
 def test_payload_is_dot_stuffed_crlf_text_ending_in_the_end_mark(lines):
-    from engine.transport import _payload
+    from engine.smtp_wire import data_payload as _payload
 
     data = b"\n".join(lines)
     payload = _payload(data)
@@ -587,7 +580,8 @@ def test_payload_is_dot_stuffed_crlf_text_ending_in_the_end_mark(lines):
 def test_a_body_checked_as_smtp_ready_goes_out_unchanged(data):
     """``is_smtp_ready`` says yes only where ``_payload`` would change nothing; a body
     marked ready (``SmtpReady``) is then sent with the end mark alone, unscanned."""
-    from engine.transport import SmtpReady, _payload, is_smtp_ready
+    from engine.smtp_wire import SmtpReady, is_smtp_ready
+    from engine.smtp_wire import data_payload as _payload
 
     assert (_payload(data) == data + b".\r\n") == is_smtp_ready(data)
     if is_smtp_ready(data):
@@ -595,7 +589,7 @@ def test_a_body_checked_as_smtp_ready_goes_out_unchanged(data):
 
 
 def test_a_ready_body_arrives_intact(smtp_server, transport):
-    from engine.transport import SmtpReady, is_smtp_ready
+    from engine.smtp_wire import SmtpReady, is_smtp_ready
 
     assert not is_smtp_ready(BODY)  # it has a line starting with a dot
     ready = BODY.replace(b"\r\n.a line", b"\r\na line")

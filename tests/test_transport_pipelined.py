@@ -11,7 +11,8 @@ from __future__ import annotations
 import pytest
 from test_transport import BODY, BODY_REPLIES, GOOD, RCPT_REPLIES, SENDER, Commits
 
-from engine.transport import Outcome, SmtpTransport
+from engine.outcomes import Outcome
+from engine.transport import SmtpTransport
 
 
 @pytest.fixture
