@@ -52,3 +52,12 @@ class FixedClock:
 def clock_for(now: datetime | None) -> Clock:
     """``--now`` given: a fixed clock at that time; not given: the real clock."""
     return SystemClock() if now is None else FixedClock(now)
+
+
+def real_now() -> datetime:
+    """The real time as naive UTC, for leases only (whatever clock a command runs on).
+
+    A lease is read by other processes and machines, so it must be real time even
+    when the command's clock is fixed by ``--now``.
+    """
+    return utcnow()

@@ -8,10 +8,15 @@ and the threads of one process queue on one mutex per database file.
 
 from __future__ import annotations
 
+import functools
+import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -174,3 +179,155 @@ def ensure_schema(engine: Engine) -> None:
 def _first_line(exc: BaseException) -> str:
     text = str(getattr(exc, "orig", exc) or exc).strip()
     return text.splitlines()[0] if text else exc.__class__.__name__
+
+
+# --- a connection's own write transactions, straight to the DBAPI (the outbox's hot path) ---
+#
+# Claims, committing marks and results are most of a send's database work. A
+# ``WriteSession`` keeps one connection and sends statements straight to its DBAPI
+# cursor: building and compiling Core statements per message cost more than running
+# them. Statements use named ``:param`` placeholders (pysqlite's), rewritten as
+# ``%(param)s`` for psycopg; datetimes go to SQLite in SQLAlchemy's text format.
+
+_PLACEHOLDER = re.compile(r":([a-z_]+)")
+_T = TypeVar("_T")
+
+
+@functools.cache
+def _for_psycopg(sql: str) -> str:
+    return _PLACEHOLDER.sub(r"%(\1)s", sql)
+
+
+@dataclass(eq=False)
+class _Work:
+    """One thread's piece of a shared SQLite write transaction (see ``WriteSession.write``)."""
+
+    work: Callable[[Any], Any]
+    done: bool = False
+    result: Any = None
+    error: BaseException | None = None
+
+
+@dataclass(eq=False)
+class _Group:
+    waiting: list[_Work] = field(default_factory=list)
+    guard: threading.Lock = field(default_factory=threading.Lock)
+
+
+_GROUPS: dict[str, _Group] = {}
+
+
+def _sqlite_group(engine: Engine) -> _Group:
+    """The work waiting for this process's writer mutex on one SQLite file."""
+    key = str(engine.url.database)
+    with WRITER_LOCKS_GUARD:
+        return _GROUPS.setdefault(key, _Group())
+
+
+class WriteSession:
+    """Short committed write transactions on one connection, shared between threads on SQLite.
+
+    The caller owns ``conn`` and closes it after ``close()``. Each ``write(work)``
+    is committed before it returns: on PostgreSQL by this connection alone; on
+    SQLite in a ``BEGIN IMMEDIATE`` transaction behind this process's writer
+    mutex, where whoever holds the mutex runs every piece of work queued by then
+    (its own and that of the threads waiting behind it) and commits once (group
+    commit). A waiting thread whose work was done that way returns without
+    writing anything itself: its rows were committed before it got the mutex.
+    """
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.sqlite = is_sqlite(conn)
+        self._dbapi = conn.connection.dbapi_connection
+        self._lock = sqlite_writer_lock(conn.engine) if self.sqlite else None
+        self._group = _sqlite_group(conn.engine) if self.sqlite else None
+        self._previous = None
+        if self.sqlite:
+            # Autocommit at the driver, BEGIN IMMEDIATE by hand (see write_transaction).
+            self._previous = self._dbapi.isolation_level
+            self._dbapi.isolation_level = None
+        self._cursor = self._dbapi.cursor()
+
+    def close(self) -> None:
+        """Give the connection back as it was (the caller closes it)."""
+        self._cursor.close()
+        if self.sqlite:
+            self._dbapi.isolation_level = self._previous
+
+    def write(self, work: Callable[[Any], _T]) -> _T:
+        """Run ``work(self)`` in a committed write transaction and return its result."""
+        if self._lock is None:  # PostgreSQL: each connection commits on its own
+            try:
+                result = work(self)
+            except BaseException:
+                self._end(commit=False)
+                raise
+            self._end(commit=True)
+            return result
+        mine = _Work(work)
+        group = self._group
+        assert group is not None
+        with group.guard:
+            group.waiting.append(mine)
+        with self._lock:
+            if not mine.done:
+                with group.guard:
+                    batch, group.waiting = group.waiting, []
+                self._run_batch(batch)
+        if mine.error is not None:
+            raise mine.error
+        return mine.result
+
+    def _run_batch(self, batch: list[_Work]) -> None:
+        try:
+            self._cursor.execute("BEGIN IMMEDIATE")
+            try:
+                results = [item.work(self) for item in batch]
+            except BaseException:
+                self._end(commit=False)
+                raise
+            self._end(commit=True)
+        except BaseException as exc:  # the transaction is gone: every piece of it failed
+            for item in batch:
+                item.error, item.done = exc, True
+            return
+        for item, result in zip(batch, results, strict=True):
+            item.result, item.done = result, True
+
+    def _end(self, *, commit: bool) -> None:
+        # Core statements on ``conn`` (the rare bounce path) open SQLAlchemy's own
+        # transaction on the same DBAPI connection: end it through SQLAlchemy then.
+        if self.conn.in_transaction():
+            (self.conn.commit if commit else self.conn.rollback)()
+        elif commit:
+            self._dbapi.commit()
+        else:
+            self._dbapi.rollback()
+
+    def execute(self, sql: str, params: dict[str, Any], ids: str | None = None) -> int:
+        """Run one statement on this session's cursor; returns the row count.
+
+        ``ids`` fills the statement's ``{ids}`` list (after the placeholders are
+        converted, so that the conversion is cached per statement, not per list).
+        """
+        if self.sqlite:
+            params = {
+                k: v.isoformat(" ", "microseconds") if type(v) is datetime else v
+                for k, v in params.items()
+            }
+        else:
+            sql = _for_psycopg(sql)
+        if ids is not None:
+            sql = sql.format(ids=ids)
+        self._cursor.execute(sql, params)
+        return self._cursor.rowcount
+
+    def rows(self, sql: str, params: dict[str, Any], ids: str | None = None) -> list[tuple]:
+        self.execute(sql, params, ids)
+        return self._cursor.fetchall()
+
+
+def id_list(ids: Iterable[int]) -> str:
+    """Integer ids read from the database, written inline in an ``IN (...)`` list."""
+    return ", ".join(str(int(i)) for i in ids)

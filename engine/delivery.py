@@ -2,10 +2,14 @@
 
 Each thread owns one ``SmtpTransport`` (one connection, reused across messages)
 and one database connection (an ``OutboxSession`` for its claims, committing
-marks and results); all threads share one ``RateLimiter`` (the overall cap). Rendering happens
-elsewhere, before: a thread only claims ready bytes, sends them and records the
-result. Many processes may run this at once on PostgreSQL; on SQLite one
-process with several threads (a second process waits its turn on the lock).
+marks and results); all threads share one ``RateLimiter`` (the overall cap) and
+one ``_PassState`` (counts, the server's health). Rendering happens elsewhere,
+before: a thread only claims ready bytes, sends them and records the result.
+Many processes may run this at once on PostgreSQL; on SQLite one process with
+several threads (a second process waits its turn on the lock).
+
+Times: due times, ``sent_at`` and attempt times come from the pass's ``clock``
+(the command's); leases from the real clock (``engine.clock.real_now``).
 """
 
 from __future__ import annotations
@@ -22,20 +26,13 @@ from datetime import timedelta
 
 from sqlalchemy.engine import Engine
 
+from engine.clock import Clock, real_now
 from engine.config import Settings
 from engine.errors import DeliveryError
-from engine.outbox import (
-    Claim,
-    Finish,
-    LeaseLost,
-    OutboxSession,
-    State,
-    finish,
-    next_due,
-    recover,
-    release,
-)
-from engine.times import utcnow
+from engine.outbox import Claim, Finish, LeaseLost, State, next_due, recover
+from engine.outbox_session import OutboxSession, finish, release
+from engine.outcomes import DeliveryResult, Outcome, SmtpReply
+from engine.pacing import RateLimiter, ServerBackoff
 
 TransportFactory = Callable[[], "Transport"]  # noqa: F821 - engine.transport.Transport
 
@@ -49,6 +46,7 @@ class DeliveryStats:
     lease_lost: int = 0
     recovered: Counter = field(default_factory=Counter)
     server_down: str | None = None  # the reason, when the server stopped the pass
+    stopped: bool = False  # stop() was asked for (a signal): claims not tried were given back
 
     @property
     def delivered(self) -> int:
@@ -80,8 +78,68 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+class _PassState:
+    """What the sender threads of one pass share: counts, stop and the server's health."""
+
+    def __init__(
+        self,
+        server_patience: float,
+        on_result: Callable[[str], None] | None,
+        stop: threading.Event | None,
+    ) -> None:
+        self.stats = DeliveryStats()
+        self.backoff = ServerBackoff(base=0.5, maximum=8.0)
+        self.server_patience = server_patience
+        self.on_result = on_result
+        self.stop = stop or threading.Event()
+        self._lock = threading.Lock()
+        self._down_since: float | None = None
+
+    @property
+    def halted(self) -> bool:
+        return self.stop.is_set() or self.stats.server_down is not None
+
+    def counted(self, state: State | None, outcome: Outcome) -> None:
+        """One attempt recorded (``state`` None: the claim was no longer ours)."""
+        with self._lock:
+            self.stats.attempts += 1
+            if state is None:
+                self.stats.lease_lost += 1
+            elif outcome is not Outcome.SERVER_DOWN:
+                self.stats.states[str(state)] += 1
+        if outcome is not Outcome.SERVER_DOWN and self.on_result is not None and state is not None:
+            self.on_result(str(state))
+
+    def lost(self) -> None:
+        with self._lock:
+            self.stats.lease_lost += 1
+
+    def recovered(self, counts: dict[str, int]) -> None:
+        with self._lock:
+            self.stats.recovered.update({k: v for k, v in counts.items() if v})
+
+    def server_reply(self, result: DeliveryResult, retry_backoff: timedelta) -> timedelta | None:
+        """Note how the server answered; for a server that is down, how long its message waits.
+
+        After ``server_patience`` seconds of nothing but that, the pass ends and
+        the messages wait the full retry backoff, for the next pass or the worker.
+        """
+        pause = self.backoff.record(result)
+        with self._lock:
+            if result.outcome is not Outcome.SERVER_DOWN:
+                self._down_since = None
+                return None
+            now = time.monotonic()
+            if self._down_since is None:
+                self._down_since = now
+            if now - self._down_since >= self.server_patience and self.stats.server_down is None:
+                self.stats.server_down = _reason(result.reply)
+                return retry_backoff
+            return timedelta(seconds=pause)
+
+
 class Delivery:
-    """Sender threads for one pass over the outbox (optionally one campaign's messages).
+    """Sender threads for one pass over the outbox (optionally one campaign's run or step).
 
     ``start()``; the producer calls ``notify()`` after each enqueue and
     ``input_done()`` at the end; ``join()`` returns the stats. A pass ends when
@@ -95,6 +153,7 @@ class Delivery:
         engine: Engine,
         settings: Settings,
         *,
+        clock: Clock,
         campaign: str | None = None,
         run: str | None = None,
         step: int | None = None,
@@ -104,36 +163,33 @@ class Delivery:
         on_result: Callable[[str], None] | None = None,
         worker: str | None = None,
         server_patience: float = 10.0,
+        stop: threading.Event | None = None,
     ) -> None:
-        from engine.pacing import RateLimiter, ServerBackoff
-
         self.engine = engine
         self.settings = settings
-        self.campaign = campaign
+        self.clock = clock
         # ``send NAME`` delivers only that run (or drip step): never another's messages.
-        self.only_run = run
-        self.only_step = step
+        self.scope = {"campaign": campaign, "run": run, "step": step}
         self.factory = transport_factory or default_transport_factory(settings)
         self.connections = connections or settings.delivery.connections
         self.wait_retries = wait_retries
-        self.on_result = on_result
         self.worker = worker or worker_name()
         self.limiter = RateLimiter(settings.delivery.rate)
         # 421, refused connections, TLS/AUTH failures pause every thread (short,
-        # doubling pauses, no attempt charged); after ``server_patience`` seconds
-        # of nothing but that, the pass ends and the messages wait in the outbox.
-        self.backoff = ServerBackoff(base=0.5, maximum=8.0)
-        self.server_patience = server_patience
-        self._down_since: float | None = None
-        self.stats = DeliveryStats()
-        self._lock = threading.Lock()
+        # doubling pauses, no attempt charged); see _PassState.server_reply.
+        # ``stop`` (e.g. set by a signal handler) ends the pass like ``stop()``.
+        self.shared = _PassState(server_patience, on_result, stop)
         self._wake = threading.Condition()
         self._input_done = threading.Event()
-        self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._errors: list[BaseException] = []
+        self._errors_lock = threading.Lock()
         self._claim_size = claim_size(settings)
         self._own: Engine | None = None  # the sender threads' connections (see _own_engine)
+
+    @property
+    def stats(self) -> DeliveryStats:
+        return self.shared.stats
 
     # --- control ---------------------------------------------------------------
 
@@ -160,7 +216,8 @@ class Delivery:
         self.notify()
 
     def stop(self) -> None:
-        self._stop.set()
+        """Finish the messages in flight, give every other claim back, end the pass."""
+        self.shared.stop.set()
         self.input_done()
 
     def join(self) -> DeliveryStats:
@@ -172,6 +229,7 @@ class Delivery:
             self._own = None
         if self._errors:
             raise self._errors[0]
+        self.stats.stopped = self.shared.stop.is_set()
         return self.stats
 
     def run(self) -> DeliveryStats:
@@ -180,12 +238,7 @@ class Delivery:
     # --- the sender threads ------------------------------------------------------
 
     def _recover(self) -> None:
-        counts = recover(self.engine)
-        with self._lock:
-            self.stats.recovered.update({k: v for k, v in counts.items() if v})
-
-    def _halted(self) -> bool:
-        return self._stop.is_set() or self.stats.server_down is not None
+        self.shared.recovered(recover(self.engine, now=self.clock.now(), lease_now=real_now()))
 
     def _run(self, worker: str) -> None:
         try:
@@ -197,20 +250,21 @@ class Delivery:
                 finally:
                     sender.close()
         except BaseException as exc:  # a bug or the database going away: surface it in join()
-            with self._lock:
+            with self._errors_lock:
                 self._errors.append(exc)
-            self._stop.set()
+            self.shared.stop.set()
             self.notify()
 
     def _loop(self, sender: _Sender, worker: str) -> None:
-        while not self._halted():
+        shared = self.shared
+        while not shared.halted:
             claims = sender.outbox.claim(
                 worker=worker,
                 limit=self._claim_size,
                 lease=self.settings.delivery.lease,
-                campaign=self.campaign,
-                run=self.only_run,
-                step=self.only_step,
+                now=self.clock.now(),
+                lease_now=real_now(),
+                **self.scope,
             )
             if not claims:
                 sender.flush()
@@ -222,16 +276,15 @@ class Delivery:
                 for index, item in enumerate(claims):
                     # Checked after the waits too: the server may have been declared
                     # down (or a stop asked for) while this thread slept in them.
-                    self.backoff.wait()
+                    shared.backoff.wait()
                     self.limiter.acquire()
-                    if self._halted():
+                    if shared.halted:
                         sender.flush()
-                        backoff = (
-                            self.settings.delivery.retry_backoff if self.stats.server_down else None
-                        )
-                        sender.outbox.release(
-                            claims[index:], not_before=utcnow() + backoff if backoff else None
-                        )
+                        now = self.clock.now()
+                        later = None
+                        if shared.stats.server_down:
+                            later = now + self.settings.delivery.retry_backoff
+                        sender.outbox.release(claims[index:], now=now, not_before=later)
                         break
                     sender.send(item)
             except BaseException:
@@ -257,41 +310,30 @@ class Delivery:
                     held[1],
                     max_attempts=settings.max_attempts,
                     retry_backoff=settings.retry_backoff,
+                    now=self.clock.now(),
                 )
-                self._counted(state, held[1].outcome)
+                self.shared.counted(state, held[1].outcome)
         with contextlib.suppress(Exception):
             # Only rows still in ``sending`` with our token go back: a message
             # whose committing mark was written stays there (unknown, if so).
-            release(self.engine, untried)
+            release(self.engine, untried, now=self.clock.now())
 
     def _idle(self) -> bool:
         """Nothing to claim: True when this thread should end, else after waiting a little."""
         if self._input_done.is_set():
             self._recover()
-            due = next_due(
-                self.engine, campaign=self.campaign, run=self.only_run, step=self.only_step
-            )
-            now = utcnow()
-            pause = self.backoff.remaining()
+            due = next_due(self.engine, **self.scope)
+            now = self.clock.now()
+            pause = self.shared.backoff.remaining()
             horizon = max(self.wait_retries, timedelta(seconds=pause + 0.5 if pause else 0))
             if due is None or due > now + horizon:
                 return True
             delay = max(0.01, min(1.0, (due - now).total_seconds()))
         else:
-            delay = 0.5
+            delay = 0.2
         with self._wake:
             self._wake.wait(delay)
-        return self._halted()
-
-    def _counted(self, state: State | None, outcome: str) -> None:
-        with self._lock:
-            self.stats.attempts += 1
-            if state is None:
-                self.stats.lease_lost += 1
-            elif outcome != "server_down":
-                self.stats.states[str(state)] += 1
-        if outcome != "server_down" and self.on_result is not None and state is not None:
-            self.on_result(str(state))
+        return self.shared.halted
 
 
 class _Sender:
@@ -304,24 +346,28 @@ class _Sender:
     """
 
     def __init__(self, delivery: Delivery, outbox: OutboxSession) -> None:
-        self.delivery = delivery
         self.outbox = outbox
+        self.shared = delivery.shared
+        self.clock = delivery.clock
+        self.factory = delivery.factory
+        self.notify = delivery.notify
+        self.policy = delivery.settings.delivery
         self.transport = None
         self.held: tuple[Claim, Finish] | None = None
 
     def flush(self) -> None:
         if self.held is None:
             return
-        d = self.delivery
         item, result = self.held
         self.held = None
         state = self.outbox.finish(
             item,
             result,
-            max_attempts=d.settings.delivery.max_attempts,
-            retry_backoff=d.settings.delivery.retry_backoff,
+            max_attempts=self.policy.max_attempts,
+            retry_backoff=self.policy.retry_backoff,
+            now=self.clock.now(),
         )
-        d._counted(state, result.outcome)
+        self.shared.counted(state, result.outcome)
 
     def close(self) -> None:
         self.hang_up()
@@ -334,8 +380,7 @@ class _Sender:
 
     def send(self, item: Claim) -> None:
         """Send one claimed message and record (or hold) its result."""
-        d = self.delivery
-        settings = d.settings.delivery
+        policy = self.policy
 
         def on_commit() -> None:
             held, self.held = self.held, None
@@ -343,62 +388,55 @@ class _Sender:
                 state, ours = self.outbox.finish_and_commit(
                     held,
                     item,
-                    max_attempts=settings.max_attempts,
-                    retry_backoff=settings.retry_backoff,
-                    lease=settings.lease,
+                    max_attempts=policy.max_attempts,
+                    retry_backoff=policy.retry_backoff,
+                    lease=policy.lease,
+                    now=self.clock.now(),
+                    lease_now=real_now(),
                 )
             except BaseException:
                 self.held = held  # rolled back: still to be recorded (see Delivery._rescue)
                 raise
             if held is not None:
-                d._counted(state, held[1].outcome)
+                self.shared.counted(state, held[1].outcome)
             if not ours:
                 raise LeaseLost(item.key)
 
         if self.transport is None:
-            self.transport = d.factory()
+            self.transport = self.factory()
         try:
             result = self.transport.send(item.sender, item.email, item.data, on_commit=on_commit)
         except LeaseLost:
             # Another worker owns the message now. The transport reset the SMTP
             # transaction before DATA, so nothing was sent.
-            with d._lock:
-                d.stats.lease_lost += 1
+            self.shared.lost()
             return
-        outcome = str(getattr(result.outcome, "value", result.outcome)).lower()
         reply = result.reply
         record = Finish(
-            outcome, reply.code, reply.enhanced, reply.text or "", reply.queue_id, at=utcnow()
+            result.outcome,
+            reply.code,
+            reply.enhanced,
+            reply.text or "",
+            reply.queue_id,
+            at=self.clock.now(),
         )
-        pause = d.backoff.record(result)
-        if outcome != "server_down" and d._down_since is not None:
-            with d._lock:
-                d._down_since = None
-        if outcome == "sent" and self.held is None:
+        server_backoff = self.shared.server_reply(result, policy.retry_backoff)
+        if result.outcome is Outcome.SENT and self.held is None:
             self.held = (item, record)  # recorded with the next message's committing mark
             return
         self.flush()
-        server_backoff = None
-        if outcome == "server_down":
-            server_backoff = timedelta(seconds=pause)
-            now = time.monotonic()
-            with d._lock:
-                if d._down_since is None:
-                    d._down_since = now
-                if now - d._down_since >= d.server_patience and d.stats.server_down is None:
-                    d.stats.server_down = _reason(reply)
-                    server_backoff = settings.retry_backoff  # for the next pass or the worker
         state = self.outbox.finish(
             item,
             record,
-            max_attempts=settings.max_attempts,
-            retry_backoff=settings.retry_backoff,
+            max_attempts=policy.max_attempts,
+            retry_backoff=policy.retry_backoff,
             server_backoff=server_backoff,
+            now=record.at,
         )
-        d._counted(state, outcome)
-        if outcome == "server_down":
+        self.shared.counted(state, result.outcome)
+        if result.outcome is Outcome.SERVER_DOWN:
             self.hang_up()
-            d.notify()
+            self.notify()
 
 
 def _own_engine(engine: Engine) -> Engine:
@@ -413,7 +451,7 @@ def _own_engine(engine: Engine) -> Engine:
     return make_engine(engine.url.render_as_string(hide_password=False), poolclass=NullPool)
 
 
-def _reason(reply) -> str:
+def _reason(reply: SmtpReply) -> str:
     code = f"{reply.code} " if reply.code else ""
     return f"{code}{(reply.text or '').strip()}".strip() or "the server is unavailable"
 
@@ -422,6 +460,7 @@ def deliver(
     engine: Engine,
     settings: Settings,
     *,
+    clock: Clock,
     campaign: str | None = None,
     transport_factory: TransportFactory | None = None,
     wait_retries: timedelta = timedelta(0),
@@ -432,6 +471,7 @@ def deliver(
     return Delivery(
         engine,
         settings,
+        clock=clock,
         campaign=campaign,
         transport_factory=transport_factory,
         wait_retries=wait_retries,

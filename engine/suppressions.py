@@ -18,7 +18,6 @@ from engine.campaigns import TOPICS
 from engine.db import dialect_insert, write_transaction
 from engine.errors import SuppressionError
 from engine.models import suppressions
-from engine.times import utcnow
 
 ALL_TOPICS = "*"
 REASONS = ("unsubscribe", "hard_bounce", "complaint", "manual")
@@ -47,7 +46,7 @@ def suppress_in(
     topic: str = ALL_TOPICS,
     reason: str = "manual",
     source: str | None = None,
-    now: datetime | None = None,
+    now: datetime,
 ) -> bool:
     """Add a suppression inside an open transaction; False when it was already there."""
     statement = (
@@ -57,7 +56,7 @@ def suppress_in(
             topic=topic,
             reason=reason,
             source=source,
-            created_at=now or utcnow(),
+            created_at=now,
         )
         .on_conflict_do_nothing(index_elements=["email", "topic"])
         .returning(suppressions.c.id)
@@ -72,7 +71,7 @@ def add_suppression(
     topic: str | None = None,
     reason: str = "manual",
     source: str | None = None,
-    now: datetime | None = None,
+    now: datetime,
 ) -> bool:
     """Suppress ``email`` for ``topic`` (``None`` = all topics); False if it already was."""
     address, scope = _email(email), check_topic(topic)
@@ -109,19 +108,33 @@ def list_suppressions(
         return [dict(row._mapping) for row in conn.execute(query)]
 
 
+def suppression_reasons(conn: Connection, emails: Iterable[str], topic: str) -> dict[str, str]:
+    """``{email: reason}`` for those of ``emails`` suppressed for ``topic`` or for all topics.
+
+    The reason reads ``unsubscribe (promo)`` or ``hard_bounce (all topics)``; a
+    topic's own entry is named before the all-topics one.
+    """
+    wanted = sorted({e.lower() for e in emails})
+    found: dict[str, str] = {}
+    for start in range(0, len(wanted), 500):
+        rows = conn.execute(
+            sa.select(suppressions.c.email, suppressions.c.topic, suppressions.c.reason)
+            .where(
+                suppressions.c.email.in_(wanted[start : start + 500]),
+                suppressions.c.topic.in_([topic, ALL_TOPICS]),
+            )
+            .order_by(suppressions.c.email, suppressions.c.topic)
+        )
+        for address, scope, reason in rows:
+            found.setdefault(
+                address, f"{reason} ({'all topics' if scope == ALL_TOPICS else scope})"
+            )
+    return found
+
+
 def suppressed_among(conn: Connection, emails: Iterable[str], topic: str) -> set[str]:
     """The addresses of ``emails`` suppressed for ``topic`` or for all topics."""
-    wanted = sorted({e.lower() for e in emails})
-    found: set[str] = set()
-    for start in range(0, len(wanted), 500):
-        chunk = wanted[start : start + 500]
-        rows = conn.execute(
-            sa.select(suppressions.c.email).where(
-                suppressions.c.email.in_(chunk), suppressions.c.topic.in_([topic, ALL_TOPICS])
-            )
-        )
-        found.update(rows.scalars())
-    return found
+    return set(suppression_reasons(conn, emails, topic))
 
 
 def is_suppressed(engine: Engine, email: str, topic: str) -> bool:

@@ -3,28 +3,17 @@
 from __future__ import annotations
 
 import threading
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
 
 from engine.models import attempts, merchants, messages
-from engine.outbox import (
-    Finish,
-    NewMessage,
-    State,
-    claim,
-    enqueue,
-    finish,
-    mark_committing,
-    recover,
-    release,
-    requeue_unknown,
-    state_counts,
-)
+from engine.outbox import Finish, NewMessage, State, enqueue, recover, requeue_unknown, state_counts
+from engine.outbox_session import claim, finish, mark_committing, release
 from engine.suppressions import add_suppression, is_suppressed
-from engine.times import utcnow
 
+NOW = datetime(2026, 12, 1, 9, 0)  # the fixed clock of these tests
 LEASE = timedelta(minutes=5)
 
 
@@ -66,65 +55,73 @@ def state_of(engine, key: str) -> str:
 
 def test_enqueue_twice_is_harmless(engine):
     add_merchants(engine, 5)
-    assert enqueue(engine, [new(i) for i in range(1, 6)]) == 5
-    assert enqueue(engine, [new(i) for i in range(1, 6)]) == 0
-    assert enqueue(engine, [new(i) for i in range(3, 6)] + [new(1, run="second")]) == 1
+    assert enqueue(engine, [new(i) for i in range(1, 6)], now=NOW) == 5
+    assert enqueue(engine, [new(i) for i in range(1, 6)], now=NOW) == 0
+    assert enqueue(engine, [new(i) for i in range(3, 6)] + [new(1, run="second")], now=NOW) == 1
     assert states(engine) == {"queued": 6}
 
 
 def test_claim_takes_due_messages_once_and_keeps_the_bytes(engine):
     add_merchants(engine, 3)
-    enqueue(engine, [new(i) for i in range(1, 4)])
-    first = claim(engine, worker="a", limit=2, lease=LEASE)
-    second = claim(engine, worker="b", limit=5, lease=LEASE)
+    enqueue(engine, [new(i) for i in range(1, 4)], now=NOW)
+    first = claim(engine, worker="a", limit=2, lease=LEASE, now=NOW)
+    second = claim(engine, worker="b", limit=5, lease=LEASE, now=NOW)
     assert [c.key for c in first] == ["promo/run-manual/m-1", "promo/run-manual/m-2"]
     assert [c.key for c in second] == ["promo/run-manual/m-3"]
     assert first[0].data == b"Subject: Hello 1\r\n\r\nbody 1\r\n"
-    assert claim(engine, worker="c", limit=5, lease=LEASE) == []
+    assert claim(engine, worker="c", limit=5, lease=LEASE, now=NOW) == []
     assert states(engine) == {"sending": 3}
 
 
 def test_claim_filters_by_campaign(engine):
     add_merchants(engine, 2)
-    enqueue(engine, [new(1, campaign="a"), new(2, campaign="b")])
-    assert [c.campaign for c in claim(engine, worker="w", limit=5, lease=LEASE, campaign="b")] == [
-        "b"
-    ]
+    enqueue(engine, [new(1, campaign="a"), new(2, campaign="b")], now=NOW)
+    assert [
+        c.campaign for c in claim(engine, worker="w", limit=5, lease=LEASE, campaign="b", now=NOW)
+    ] == ["b"]
 
 
 def test_an_unsubscribe_between_enqueue_and_claim_wins(engine):
     add_merchants(engine, 3)
-    enqueue(engine, [new(i) for i in range(1, 4)])
-    add_suppression(engine, "m2@example.id", topic="promo", reason="unsubscribe")
-    add_suppression(engine, "M3@example.id", reason="complaint")  # all topics
-    claimed = claim(engine, worker="w", limit=10, lease=LEASE)
+    enqueue(engine, [new(i) for i in range(1, 4)], now=NOW)
+    add_suppression(engine, "m2@example.id", topic="promo", reason="unsubscribe", now=NOW)
+    add_suppression(engine, "M3@example.id", reason="complaint", now=NOW)  # all topics
+    claimed = claim(engine, worker="w", limit=10, lease=LEASE, now=NOW)
     assert [c.key for c in claimed] == ["promo/run-manual/m-1"]
     assert states(engine) == {"sending": 1, "suppressed": 2}
 
 
 def test_a_topic_suppression_does_not_block_other_topics(engine):
     add_merchants(engine, 1)
-    add_suppression(engine, "m1@example.id", topic="retention", reason="unsubscribe")
-    enqueue(engine, [new(1)])
-    assert len(claim(engine, worker="w", limit=10, lease=LEASE)) == 1
+    add_suppression(engine, "m1@example.id", topic="retention", reason="unsubscribe", now=NOW)
+    enqueue(engine, [new(1)], now=NOW)
+    assert len(claim(engine, worker="w", limit=10, lease=LEASE, now=NOW)) == 1
 
 
 def test_a_stalled_worker_cannot_overwrite_the_new_owner(engine):
     add_merchants(engine, 1)
-    enqueue(engine, [new(1)])
-    (stale,) = claim(engine, worker="stale", limit=1, lease=LEASE)
-    later = utcnow() + LEASE + timedelta(seconds=1)
+    enqueue(engine, [new(1)], now=NOW)
+    (stale,) = claim(engine, worker="stale", limit=1, lease=LEASE, now=NOW)
+    later = NOW + LEASE + timedelta(seconds=1)
     assert recover(engine, now=later) == {"requeued": 1, "unknown": 0}
     (fresh,) = claim(engine, worker="fresh", limit=1, lease=LEASE, now=later)
     assert fresh.token != stale.token
     # The stalled worker wakes up: it may not mark the message nor record a result.
-    assert mark_committing(engine, stale) is False
-    assert finish(engine, stale, Finish("sent", 250), max_attempts=3, retry_backoff=LEASE) is None
+    assert mark_committing(engine, stale, now=NOW) is False
+    assert (
+        finish(engine, stale, Finish("sent", 250), max_attempts=3, retry_backoff=LEASE, now=NOW)
+        is None
+    )
     assert state_of(engine, fresh.key) == "sending"
-    assert mark_committing(engine, fresh) is True
+    assert mark_committing(engine, fresh, now=NOW) is True
     assert (
         finish(
-            engine, fresh, Finish("sent", 250, queue_id="Q1"), max_attempts=3, retry_backoff=LEASE
+            engine,
+            fresh,
+            Finish("sent", 250, queue_id="Q1"),
+            max_attempts=3,
+            retry_backoff=LEASE,
+            now=NOW,
         )
         == State.SENT
     )
@@ -142,10 +139,10 @@ def test_a_stalled_worker_cannot_overwrite_the_new_owner(engine):
 
 def test_expired_committing_becomes_unknown_and_is_never_reclaimed(engine):
     add_merchants(engine, 2)
-    enqueue(engine, [new(1), new(2)])
-    a, b = claim(engine, worker="w", limit=2, lease=LEASE)
-    assert mark_committing(engine, a)
-    later = utcnow() + LEASE * 2
+    enqueue(engine, [new(1), new(2)], now=NOW)
+    a, b = claim(engine, worker="w", limit=2, lease=LEASE, now=NOW)
+    assert mark_committing(engine, a, now=NOW)
+    later = NOW + LEASE * 2
     assert recover(engine, now=later) == {"requeued": 1, "unknown": 1}
     assert state_of(engine, a.key) == "unknown"
     assert state_of(engine, b.key) == "queued"
@@ -157,9 +154,9 @@ def test_expired_committing_becomes_unknown_and_is_never_reclaimed(engine):
 
 def test_deferral_backs_off_exponentially_then_fails(engine):
     add_merchants(engine, 1)
-    enqueue(engine, [new(1)])
+    enqueue(engine, [new(1)], now=NOW)
     backoff = timedelta(minutes=5)
-    now = utcnow()
+    now = NOW
     waits = []
     for attempt in range(1, 4):
         (c,) = claim(engine, worker="w", limit=1, lease=LEASE, now=now)
@@ -193,8 +190,8 @@ def test_deferral_backs_off_exponentially_then_fails(engine):
 
 def test_server_down_does_not_charge_an_attempt(engine):
     add_merchants(engine, 1)
-    enqueue(engine, [new(1)])
-    now = utcnow()
+    enqueue(engine, [new(1)], now=NOW)
+    now = NOW
     for _ in range(5):
         (c,) = claim(engine, worker="w", limit=1, lease=LEASE, now=now)
         assert (
@@ -219,8 +216,8 @@ def test_server_down_does_not_charge_an_attempt(engine):
 
 def test_hard_bounce_fails_and_suppresses_the_address(engine):
     add_merchants(engine, 2)
-    enqueue(engine, [new(1), new(2, campaign="other", topic="retention")])
-    (c,) = claim(engine, worker="w", limit=1, lease=LEASE, campaign="promo")
+    enqueue(engine, [new(1), new(2, campaign="other", topic="retention")], now=NOW)
+    (c,) = claim(engine, worker="w", limit=1, lease=LEASE, campaign="promo", now=NOW)
     assert (
         finish(
             engine,
@@ -228,6 +225,7 @@ def test_hard_bounce_fails_and_suppresses_the_address(engine):
             Finish("bounced", 550, "5.1.1", "no such user"),
             max_attempts=6,
             retry_backoff=LEASE,
+            now=NOW,
         )
         == State.FAILED
     )
@@ -237,8 +235,8 @@ def test_hard_bounce_fails_and_suppresses_the_address(engine):
 
 def test_permanent_failure_and_unknown(engine):
     add_merchants(engine, 2)
-    enqueue(engine, [new(1), new(2)])
-    a, b = claim(engine, worker="w", limit=2, lease=LEASE)
+    enqueue(engine, [new(1), new(2)], now=NOW)
+    a, b = claim(engine, worker="w", limit=2, lease=LEASE, now=NOW)
     assert (
         finish(
             engine,
@@ -246,10 +244,11 @@ def test_permanent_failure_and_unknown(engine):
             Finish("failed", 554, "5.7.1", "rejected"),
             max_attempts=6,
             retry_backoff=LEASE,
+            now=NOW,
         )
         == State.FAILED
     )
-    assert mark_committing(engine, b)
+    assert mark_committing(engine, b, now=NOW)
     assert (
         finish(
             engine,
@@ -257,6 +256,7 @@ def test_permanent_failure_and_unknown(engine):
             Finish("unknown", None, None, "connection dropped after the body"),
             max_attempts=6,
             retry_backoff=LEASE,
+            now=NOW,
         )
         == State.UNKNOWN
     )
@@ -266,9 +266,9 @@ def test_permanent_failure_and_unknown(engine):
 
 def test_release_gives_claims_back(engine):
     add_merchants(engine, 2)
-    enqueue(engine, [new(1), new(2)])
-    claimed = claim(engine, worker="w", limit=2, lease=LEASE)
-    assert release(engine, claimed) == 2
+    enqueue(engine, [new(1), new(2)], now=NOW)
+    claimed = claim(engine, worker="w", limit=2, lease=LEASE, now=NOW)
+    assert release(engine, claimed, now=NOW) == 2
     assert states(engine) == {"queued": 2}
 
 
@@ -276,7 +276,7 @@ def test_release_gives_claims_back(engine):
 def test_concurrent_claimers_never_share_a_message(engine):
     total = 300
     add_merchants(engine, total)
-    enqueue(engine, [new(i) for i in range(1, total + 1)])
+    enqueue(engine, [new(i) for i in range(1, total + 1)], now=NOW)
     seen: list[str] = []
     lock = threading.Lock()
     errors: list[BaseException] = []
@@ -284,12 +284,14 @@ def test_concurrent_claimers_never_share_a_message(engine):
     def work(name: str) -> None:
         try:
             while True:
-                claimed = claim(engine, worker=name, limit=7, lease=LEASE)
+                claimed = claim(engine, worker=name, limit=7, lease=LEASE, now=NOW)
                 if not claimed:
                     return
                 for c in claimed:
-                    assert mark_committing(engine, c)
-                    finish(engine, c, Finish("sent", 250), max_attempts=3, retry_backoff=LEASE)
+                    assert mark_committing(engine, c, now=NOW)
+                    finish(
+                        engine, c, Finish("sent", 250), max_attempts=3, retry_backoff=LEASE, now=NOW
+                    )
                 with lock:
                     seen.extend(c.key for c in claimed)
         except BaseException as exc:  # surfaced below
@@ -308,7 +310,7 @@ def test_concurrent_claimers_never_share_a_message(engine):
 def test_only_waiting_messages_are_in_the_due_index(engine):
     """A claimed message leaves ix_messages_due; release, recovery and retries put it back."""
     add_merchants(engine, 3)
-    enqueue(engine, [new(i) for i in range(1, 4)])
+    enqueue(engine, [new(i) for i in range(1, 4)], now=NOW)
 
     def due_at() -> dict[str, object]:
         with engine.connect() as conn:
@@ -316,12 +318,15 @@ def test_only_waiting_messages_are_in_the_due_index(engine):
             return {key.rsplit("-", 1)[1]: at for key, at in rows}
 
     assert all(at is not None for at in due_at().values())
-    a, b, c = claim(engine, worker="w", limit=3, lease=LEASE)
+    a, b, c = claim(engine, worker="w", limit=3, lease=LEASE, now=NOW)
     assert set(due_at().values()) == {None}
-    assert mark_committing(engine, a)
-    assert finish(engine, a, Finish("sent", 250), max_attempts=3, retry_backoff=LEASE) == State.SENT
-    assert release(engine, [b]) == 1
-    later = utcnow() + LEASE * 2
+    assert mark_committing(engine, a, now=NOW)
+    assert (
+        finish(engine, a, Finish("sent", 250), max_attempts=3, retry_backoff=LEASE, now=NOW)
+        == State.SENT
+    )
+    assert release(engine, [b], now=NOW) == 1
+    later = NOW + LEASE * 2
     assert recover(engine, now=later) == {"requeued": 1, "unknown": 0}
     waiting = due_at()
     assert waiting["1"] is None and waiting["2"] is not None and waiting["3"] == later
@@ -334,15 +339,15 @@ def test_only_waiting_messages_are_in_the_due_index(engine):
 
 def test_claims_and_recovery_read_the_partial_indexes(engine):
     """SQLite uses a partial index only when the query implies its condition: keep it so."""
-    from engine import outbox
+    from engine import outbox, outbox_session
 
     if engine.dialect.name != "sqlite":
         pytest.skip("query plans are checked on SQLite")
-    due = outbox._DUE.format(filters="", lock="")
+    due = outbox_session._DUE.format(filters="", lock="")
     params = {"state": "queued", "now": "2026-11-30 00:00:00.000000", "room": 5}
     recovery = (
         sa.select(messages.c.id)
-        .where(outbox.lease_expired(State.SENDING, utcnow()))
+        .where(outbox.lease_expired(State.SENDING, NOW))
         .compile(engine, compile_kwargs={"literal_binds": True})
     )
     with engine.connect() as conn:
@@ -361,7 +366,7 @@ def test_a_body_marked_smtp_ready_is_claimed_as_such(engine):
     from engine.smtp_wire import SmtpReady
 
     add_merchants(engine, 2)
-    enqueue(engine, [with_(new(1), smtp_ready=True), new(2)])
-    ready, plain = claim(engine, worker="w", limit=2, lease=LEASE)
+    enqueue(engine, [with_(new(1), smtp_ready=True), new(2)], now=NOW)
+    ready, plain = claim(engine, worker="w", limit=2, lease=LEASE, now=NOW)
     assert type(ready.data) is SmtpReady and type(plain.data) is bytes
     assert ready.data == b"Subject: Hello 1\r\n\r\nbody 1\r\n"

@@ -9,7 +9,7 @@ import dataclasses
 import hashlib
 import json
 import socket
-from datetime import timedelta
+from datetime import datetime, timedelta
 from email import message_from_bytes
 from pathlib import Path
 
@@ -33,6 +33,8 @@ from engine.reports import COLUMNS, campaign_report
 from engine.sending import dry_run_campaign, send_campaign
 from engine.suppressions import add_suppression
 from engine.times import parse_rate, utcnow
+
+NOW = datetime(2026, 12, 1, 9, 0)  # the clock of suppression entries here
 
 FILES = {
     "segments/everyone.yaml": "description: every active merchant\nrules:\n  field: status\n  eq: active\n",
@@ -160,10 +162,10 @@ def test_send_delivers_once_and_a_second_send_sends_nothing(shop, smtp_server):
 
 def test_skips_with_reasons(shop, smtp_server):
     use(shop, smtp_server)
-    add_suppression(shop.engine, "m1@example.id", topic="promo", reason="unsubscribe")
-    add_suppression(shop.engine, "m2@example.id", reason="hard_bounce")
+    add_suppression(shop.engine, "m1@example.id", topic="promo", reason="unsubscribe", now=NOW)
+    add_suppression(shop.engine, "m2@example.id", reason="hard_bounce", now=NOW)
     add_suppression(
-        shop.engine, "m3@example.id", topic="retention", reason="unsubscribe"
+        shop.engine, "m3@example.id", topic="retention", reason="unsubscribe", now=NOW
     )  # other topic
     with shop.engine.begin() as conn:  # an address the importer would have refused
         conn.execute(merchants.update().where(merchants.c.id == 4).values(email="not an address"))
@@ -218,7 +220,7 @@ def test_an_unsubscribe_after_enqueue_wins(shop, smtp_server):
     report = send_campaign(shop, "news", server_patience=0)
     assert report.server_down and report.failed
     assert smtp_server.recipients() == []
-    add_suppression(shop.engine, "m7@example.id", topic="promo", reason="unsubscribe")
+    add_suppression(shop.engine, "m7@example.id", topic="promo", reason="unsubscribe", now=NOW)
     smtp_server.clear_rules()
     with shop.engine.begin() as conn:  # the server back-off has passed
         conn.execute(messages.update().values(next_attempt_at=utcnow() - timedelta(seconds=1)))
@@ -284,7 +286,7 @@ def _digest(path: Path) -> str:
 def test_dry_run_changes_nothing_and_opens_no_connection(shop, smtp_server, project_dir, tmp_path):
     use(shop, smtp_server)
     send_campaign(shop, "news", limit=3)  # some history: already_sent must be computed
-    add_suppression(shop.engine, "m9@example.id", topic="promo")
+    add_suppression(shop.engine, "m9@example.id", topic="promo", now=NOW)
     listener = Listener()
     from engine.config import parse_smtp_url
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
@@ -24,6 +24,8 @@ from engine.reports import campaign_report
 from engine.sending import SKIP_REASONS, SendReport, dry_run_campaign, send_campaign
 from engine.suppressions import add_suppression
 from engine.times import utcnow
+
+NOW = datetime(2026, 12, 1, 9, 0)  # the clock of suppression entries here
 
 
 def balanced(report: SendReport) -> SendReport:
@@ -113,7 +115,7 @@ def test_a_send_delivers_its_run_held_by_a_server_backoff_and_only_its_run(shop,
 
 def test_the_counts_add_up_with_and_without_limit(shop, smtp_server):  # noqa: F811
     fix_merchant_5(shop)
-    add_suppression(shop.engine, "m1@example.id", topic="retention", reason="unsubscribe")
+    add_suppression(shop.engine, "m1@example.id", topic="retention", reason="unsubscribe", now=NOW)
     with shop.engine.begin() as conn:
         conn.execute(merchants.update().where(merchants.c.id == 4).values(email="not an address"))
     dry = balanced(dry_run_campaign(shop, "tips"))
@@ -193,8 +195,8 @@ def test_a_failed_message_is_failed_before_not_already_sent(shop, smtp_server): 
 
 def test_suppressed_members_are_recorded_for_the_report(shop, smtp_server):  # noqa: F811
     use(shop, smtp_server)
-    add_suppression(shop.engine, "m1@example.id", topic="promo", reason="unsubscribe")
-    add_suppression(shop.engine, "m2@example.id", reason="hard_bounce")
+    add_suppression(shop.engine, "m1@example.id", topic="promo", reason="unsubscribe", now=NOW)
+    add_suppression(shop.engine, "m2@example.id", reason="hard_bounce", now=NOW)
     before = dry_run_campaign(shop, "news")
     assert before.skipped["suppressed"] == 2
     with shop.engine.connect() as conn:  # the dry run wrote nothing

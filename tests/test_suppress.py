@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 
 import pytest
 from click.testing import CliRunner
@@ -16,13 +17,15 @@ from engine.suppressions import (
     remove_suppression,
 )
 
+NOW = datetime(2026, 12, 1, 9, 0)  # the clock of suppression entries here
+
 
 def test_add_list_remove(engine):
     assert add_suppression(
-        engine, " Siti@Example.ID ", topic="promo", reason="unsubscribe", source="link"
+        engine, " Siti@Example.ID ", topic="promo", reason="unsubscribe", source="link", now=NOW
     )
-    assert not add_suppression(engine, "siti@example.id", topic="promo")  # already there
-    assert add_suppression(engine, "siti@example.id", reason="complaint")  # all topics
+    assert not add_suppression(engine, "siti@example.id", topic="promo", now=NOW)  # already there
+    assert add_suppression(engine, "siti@example.id", reason="complaint", now=NOW)  # all topics
     assert [(r["email"], r["topic"], r["reason"]) for r in list_suppressions(engine)] == [
         ("siti@example.id", "promo", "unsubscribe"),
         ("siti@example.id", "*", "complaint"),
@@ -37,9 +40,9 @@ def test_add_list_remove(engine):
 
 def test_mistakes_are_one_sentence(engine):
     with pytest.raises(SuppressionError, match="not a valid email"):
-        add_suppression(engine, "not-an-address")
+        add_suppression(engine, "not-an-address", now=NOW)
     with pytest.raises(SuppressionError, match="unknown topic 'promos'"):
-        add_suppression(engine, "a@example.id", topic="promos")
+        add_suppression(engine, "a@example.id", topic="promos", now=NOW)
 
 
 def test_cli_suppress(project, project_dir, project_env):

@@ -8,6 +8,7 @@ import click
 
 from engine.cli.main import (
     cli,
+    command_clock,
     format_option,
     is_terminal,
     load_project,
@@ -59,14 +60,14 @@ def send(
     The exit code is 1 when a message failed or the SMTP server was unavailable
     (messages left waiting only because of a 4xx: exit 0, with a note).
     """
+    from engine.interrupts import stop_on_signals
     from engine.sending import send_campaign
 
     project = load_project(project_dir)
     now = parse_now(now_text)
     label = "Rendering" if dry_run else "Sending"
-    with progress_bar(
-        f"{label} {campaign}", None, is_terminal() and output_format == "table"
-    ) as update:
+    bar = is_terminal() and output_format == "table"
+    with stop_on_signals() as stop, progress_bar(f"{label} {campaign}", None, bar) as update:
         report = send_campaign(
             project,
             campaign,
@@ -76,11 +77,15 @@ def send(
             run=run_label,
             out_dir=out_dir,
             progress=update,
+            stop=stop.event,
         )
+    report.interrupted = stop.name
     if output_format == "json":
         print_json(report.to_json())
     else:
         _print_send(report, out_dir)
+    if stop.signal is not None:
+        raise click.exceptions.Exit(stop.exit_code)
     if report.failed:
         raise click.exceptions.Exit(1)
 
@@ -136,7 +141,8 @@ def retry(unknown: bool, campaign: str, project_dir: Path) -> None:
     with progress_bar(f"Resending {campaign}", None, is_terminal()) as update:
         report = retry_unknown(project, campaign, progress=update)
     click.echo(f"{campaign}: {report.would_send} unknown message(s) queued again.")
-    print_table(sorted(report.states.items()), ("state", "messages"), title=f"{campaign}: outbox")
+    if report.states:
+        print_table(sorted(report.states.items()), ("state", "messages"), title="resent")
     if report.server_down:
         echo_err(f"note: the SMTP server is unavailable ({report.server_down}); retry later")
     if report.failed:
@@ -169,7 +175,14 @@ def suppress_add(email: str, topic: str, reason: str, source: str, project_dir: 
     from engine.suppressions import add_suppression
 
     project = load_project(project_dir)
-    added = add_suppression(project.database(), email, topic=topic, reason=reason, source=source)
+    added = add_suppression(
+        project.database(),
+        email,
+        topic=topic,
+        reason=reason,
+        source=source,
+        now=command_clock().now(),
+    )
     scope = "all topics" if topic in ("all", "*") else f"topic {topic}"
     click.echo(
         f"{email.strip().lower()}: {'suppressed' if added else 'already suppressed'} for {scope}."

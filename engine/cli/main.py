@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 import sqlalchemy as sa
 
+from engine.clock import Clock, clock_for
 from engine.errors import CampaignError
 from engine.project import Project, open_project
 from engine.times import parse_timestamp
@@ -98,6 +99,11 @@ def parse_now(value: str | None) -> datetime | None:
     if not 1900 <= now.year <= 9000:
         raise CampaignError(out_of_range)
     return now
+
+
+def command_clock(value: str | None = None) -> Clock:
+    """The clock a command runs on: fixed at ``--now``, else the real clock (made here only)."""
+    return clock_for(parse_now(value))
 
 
 def is_terminal() -> bool:
