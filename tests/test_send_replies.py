@@ -14,11 +14,15 @@ import sqlalchemy as sa
 from smtp_server import SmtpTestServer
 from test_outbox import add_merchants, new
 
+from engine.clock import SystemClock
 from engine.delivery import Delivery, deliver
 from engine.models import attempts, messages
 from engine.outbox import enqueue
 from engine.project import open_project
 from engine.suppressions import is_suppressed
+
+# These tests wait for real retries and server pauses: delivery runs on the real clock.
+CLOCK = SystemClock()
 
 BAD = "m2@example.id"  # the recipient the server misbehaves for (merchant 2)
 
@@ -46,7 +50,7 @@ def outbox(tmp_path):
         )
         engine = project.database()
         add_merchants(engine, count)
-        enqueue(engine, [new(i) for i in range(1, count + 1)])
+        enqueue(engine, [new(i) for i in range(1, count + 1)], now=CLOCK.now())
         return project
 
     projects = []
@@ -63,7 +67,7 @@ def outbox(tmp_path):
 
 def run(project, server: SmtpTestServer, **kwargs):
     settings = dataclasses.replace(project.settings, smtp=server.settings())
-    return deliver(project.engine, settings, **kwargs)
+    return deliver(project.engine, settings, clock=CLOCK, **kwargs)
 
 
 def row(project, email: str = BAD) -> dict:
@@ -154,7 +158,7 @@ def test_connection_refused_is_server_down(outbox):
     dead = SmtpTestServer().start()
     settings = dataclasses.replace(project.settings, smtp=dead.settings())
     dead.stop()
-    stats = deliver(project.engine, settings, server_patience=0)
+    stats = deliver(project.engine, settings, clock=CLOCK, server_patience=0)
     assert "refused" in stats.server_down
     with project.engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.max(messages.c.attempts))).scalar() == 0
@@ -228,11 +232,11 @@ def test_starttls_with_a_trusted_certificate(outbox, starttls_smtp_server):
 def test_a_self_signed_certificate_is_refused_unless_trusted(outbox, tls_smtp_server):
     project = outbox()
     settings = dataclasses.replace(project.settings, smtp=tls_smtp_server.settings(cafile=None))
-    stats = deliver(project.engine, settings, server_patience=0)
+    stats = deliver(project.engine, settings, clock=CLOCK, server_patience=0)
     assert "certificate" in stats.server_down
     assert tls_smtp_server.recipients() == []
     settings = dataclasses.replace(project.settings, smtp=tls_smtp_server.settings())
-    deliver(project.engine, settings, wait_retries=timedelta(seconds=3))
+    deliver(project.engine, settings, clock=CLOCK, wait_retries=timedelta(seconds=3))
     assert len(tls_smtp_server.recipients()) == 4
 
 
@@ -240,7 +244,7 @@ def test_stop_finishes_in_flight_and_gives_back_the_rest(outbox, smtp_server):
     project = outbox(count=30)
     smtp_server.delay("body", 0.05)
     settings = dataclasses.replace(project.settings, smtp=smtp_server.settings())
-    delivery = Delivery(project.engine, settings).start()
+    delivery = Delivery(project.engine, settings, clock=CLOCK).start()
     smtp_server.wait_for(3)
     delivery.stop()
     delivery.join()
