@@ -4,6 +4,8 @@ Every error a user can cause derives from ``CampaignError``; anything else that
 escapes is a bug of ours and keeps its traceback::
 
     CampaignError
+    ├── UsageError           a command's option or argument is wrong (--now, --step, --merchant)
+    ├── NotFoundError        a merchant, campaign or run named on the command line does not exist
     ├── SettingsError        campaign.toml or a CAMPAIGN_* variable is wrong
     ├── DatabaseError        the database cannot be reached or is not ours
     ├── DataImportError      an import file cannot be read at all (bad header, missing file)
@@ -25,6 +27,14 @@ from pathlib import Path
 
 class CampaignError(Exception):
     """A mistake the user can fix; the message is one sentence for people."""
+
+
+class UsageError(CampaignError):
+    pass
+
+
+class NotFoundError(CampaignError):
+    pass
 
 
 class SettingsError(CampaignError):

@@ -28,8 +28,8 @@ from email.utils import format_datetime, formataddr
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine.addresses import normalize_email
-from engine.errors import CampaignError, DeliveryError, HeaderError, TemplateError
+from engine.addresses import normalize_email, parse_address
+from engine.errors import DeliveryError, HeaderError, SettingsError, TemplateError
 from engine.keys import message_key
 from engine.stats import batch_stats, empty_stats
 from engine.unsubscribe import signer_for, unsubscribe_mailto, unsubscribe_url
@@ -46,7 +46,6 @@ DRAFT_RUN = "draft"  # the run label of a broadcast rendered without one (render
 # \x1c-\x1e, \x85, U+2028 and U+2029 too, and so can a header parser built on it.
 _CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
 _ENCODED_WORD = re.compile(r"=\?.*\?=", re.S)
-_ADDRESS = re.compile(r'^\s*(?:"([^"\\]*)"|([^"<>]*?))\s*<([^<>\s]+)>\s*$')
 _MESSAGE_ID_SAFE = re.compile(r"[^A-Za-z0-9.-]+")
 # Headers a DKIM signature covers (the List-Unsubscribe pair must be signed for RFC 8058).
 DKIM_HEADERS = (
@@ -96,17 +95,11 @@ def check_header_value(value: str, what: str) -> str:
     return value
 
 
-def parse_address(text: str, what: str) -> tuple[str | None, str]:
-    """``'Name <a@b.id>'`` or ``'a@b.id'`` → (name, normalized address), strictly."""
+def header_address(text: str, what: str) -> tuple[str | None, str]:
+    """An address that goes into a header, checked: (name or None, stored address)."""
     check_header_value(text, what)
-    match = _ADDRESS.match(text)
-    if match:
-        name = (match.group(1) if match.group(1) is not None else match.group(2) or "").strip()
-        raw = match.group(3)
-    else:
-        name, raw = "", text.strip()
     try:
-        address = normalize_email(raw)
+        name, address = parse_address(text)
     except ValueError as exc:
         raise HeaderError(f"{what}: {exc}") from None
     return name or None, address
@@ -197,16 +190,16 @@ class MessageBuilder:
         self.templates = templates
         self.sending = sending
         self.signer = signer_for(settings, sending=sending)
-        sender_name, sender = parse_address(campaign.sender, f"campaign {campaign.name}: from")
+        sender_name, sender = header_address(campaign.sender, f"campaign {campaign.name}: from")
         self.sender = sender
         self.domain = sender.rsplit("@", 1)[1]
         reply_to = None
         if campaign.reply_to:
-            reply_name, reply_address = parse_address(
+            reply_name, reply_address = header_address(
                 campaign.reply_to, f"campaign {campaign.name}: reply_to"
             )
             reply_to = encode_address(reply_name, reply_address)
-        self.mailto = parse_address(settings.unsubscribe.mailto, "unsubscribe.mailto")[1]
+        self.mailto = header_address(settings.unsubscribe.mailto, "unsubscribe.mailto")[1]
         self.base_url = check_header_value(settings.unsubscribe.base_url, "unsubscribe.base_url")
         if " " in self.base_url or "<" in self.base_url or ">" in self.base_url:
             raise HeaderError(f"unsubscribe.base_url {self.base_url!r} cannot go into a header")
@@ -233,13 +226,13 @@ class MessageBuilder:
         try:
             import dkim  # an optional extra: campaign[dkim]
         except ImportError:
-            raise CampaignError(
+            raise SettingsError(
                 "DKIM signing is configured but dkimpy is not installed (pip install 'campaign[dkim]')"
             ) from None
         try:
             key = Path(dkim_settings.key_file).read_bytes()
         except OSError as exc:
-            raise CampaignError(
+            raise SettingsError(
                 f"CAMPAIGN_DKIM_KEY_FILE: cannot read the key ({exc.strerror})"
             ) from None
         try:
@@ -249,7 +242,7 @@ class MessageBuilder:
             parse_pem_private_key(key)
         except Exception as exc:  # dkimpy raises several types for unreadable keys
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(": ")
-            raise CampaignError(
+            raise SettingsError(
                 f"CAMPAIGN_DKIM_KEY_FILE: {dkim_settings.key_file} is not a PEM private key ({reason})"
             ) from None
         selector = dkim_settings.selector.encode()

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from engine.db import current_revision, head_revision
-from engine.errors import CampaignError, DeliveryError
+from engine.errors import DeliveryError, UsageError
 from engine.send_report import MANUAL_RUN
 
 if TYPE_CHECKING:
@@ -69,11 +69,11 @@ def prepare_campaign(
     exit_rule = when_rule = None
     if campaign.kind == "broadcast":
         if step not in (None, 1):
-            raise CampaignError(f"campaign {name!r} is a broadcast and has no step {step}")
+            raise UsageError(f"campaign {name!r} is a broadcast and has no step {step}")
         step_number, run_label = None, run or MANUAL_RUN
     else:
         if run is not None:
-            raise CampaignError(f"campaign {name!r} is a drip: --run is for broadcasts")
+            raise UsageError(f"campaign {name!r} is a drip: --run is for broadcasts")
         step_number, run_label = step or 1, None
         if campaign.exit is not None:
             exit_rule = rule_condition(campaign.exit, now=now, segments=segments)

@@ -6,8 +6,9 @@ stored with that flag, so that the sending threads do not scan it again.
 
 from __future__ import annotations
 
-import email.utils
 import re
+
+from engine.addresses import split_address
 
 _EOL = re.compile(rb"\r\n|\r|\n")
 _LEADING_DOT = re.compile(rb"(?m)^\.")
@@ -15,9 +16,8 @@ _LEADING_DOT = re.compile(rb"(?m)^\.")
 
 def angle_address(address: str) -> str:
     """``a@b`` or ``Name <a@b>`` → ``<a@b>`` for MAIL FROM / RCPT TO (``<>``: the null sender)."""
-    if "<" in address or "(" in address:
-        address = email.utils.parseaddr(address)[1]
-    return f"<{address}>"
+    parts = split_address(address) if address else None
+    return f"<{parts[1] if parts else address}>"
 
 
 class SmtpReady(bytes):

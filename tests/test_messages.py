@@ -24,8 +24,8 @@ from engine.messages import (
     RenderFailure,
     check_header_value,
     encode_body,
+    header_address,
     message_id,
-    parse_address,
 )
 from engine.templates import TemplateSet
 from engine.unsubscribe import Signer
@@ -211,12 +211,12 @@ def test_injection_in_the_campaign_sender_is_refused(tmp_path):
 
 
 def test_address_parsing_is_strict():
-    assert parse_address("Tim <Success@Tokoku.id>", "from") == ("Tim", "success@tokoku.id")
-    assert parse_address('"Tim, Sukses" <a@b.id>', "from") == ("Tim, Sukses", "a@b.id")
-    assert parse_address("a@b.id", "from") == (None, "a@b.id")
+    assert header_address("Tim <Success@Tokoku.id>", "from") == ("Tim", "success@tokoku.id")
+    assert header_address('"Tim, Sukses" <a@b.id>', "from") == ("Tim, Sukses", "a@b.id")
+    assert header_address("a@b.id", "from") == (None, "a@b.id")
     for bad in ("a@b", "<a@b.id> <c@d.id>", "a@b.id, c@d.id", '"x" <"q"@b.id>', "a@[1.2.3.4]"):
         with pytest.raises(HeaderError):
-            parse_address(bad, "from")
+            header_address(bad, "from")
 
 
 def test_check_header_value_accepts_ordinary_text():

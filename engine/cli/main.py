@@ -10,7 +10,7 @@ import click
 import sqlalchemy as sa
 
 from engine.clock import Clock, clock_for
-from engine.errors import CampaignError
+from engine.errors import CampaignError, UsageError
 from engine.project import Project, open_project
 from engine.times import parse_timestamp
 
@@ -63,7 +63,7 @@ def format_option(*choices: str, default: str = "table"):
 def load_project(project_dir: Path) -> Project:
     """Open the project of ``--project``; its database connections close with the command."""
     if not project_dir.is_dir():
-        raise CampaignError(f"{project_dir}: no such project folder")
+        raise UsageError(f"{project_dir}: no such project folder")
     project = open_project(project_dir)
     ctx = click.get_current_context(silent=True)
     if ctx is not None:
@@ -90,14 +90,14 @@ def parse_now(value: str | None) -> datetime | None:
     try:
         now = parse_timestamp(value)
     except OverflowError:
-        raise CampaignError(out_of_range) from None
+        raise UsageError(out_of_range) from None
     except ValueError:
-        raise CampaignError(
+        raise UsageError(
             f"--now {value!r} is not an ISO 8601 time (e.g. 2026-12-01T09:00)"
         ) from None
     # Windows reach 200 years back and delays run forward: keep the clock arithmetic in range.
     if not 1900 <= now.year <= 9000:
-        raise CampaignError(out_of_range)
+        raise UsageError(out_of_range)
     return now
 
 
