@@ -32,11 +32,12 @@ sys.path.insert(0, str(REPO))
 from engine.campaigns import Campaign, Step  # noqa: E402
 from engine.config import load_settings  # noqa: E402
 from engine.db import ensure_schema, make_engine  # noqa: E402
-from engine.demo import demo_clock, load_demo  # noqa: E402
+from engine.demo import load_demo  # noqa: E402
 from engine.messages import MessageBuilder, RenderedMessage  # noqa: E402
 from engine.models import merchants  # noqa: E402
 from engine.stats import batch_stats  # noqa: E402
 from engine.templates import TemplateSet, _Loader, _make_env  # noqa: E402
+from engine.times import utcnow  # noqa: E402
 
 BATCH = 100
 
@@ -59,7 +60,7 @@ def main() -> None:
         path = args.database or Path(tmp) / "bench.db"
         engine = make_engine(f"sqlite:///{path}")
         ensure_schema(engine)
-        now = demo_clock()
+        now = utcnow().replace(microsecond=0)
         with engine.connect() as conn:
             present = conn.execute(sa.select(sa.func.count()).select_from(merchants)).scalar()
         if present != args.merchants:

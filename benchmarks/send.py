@@ -38,7 +38,7 @@ import sqlalchemy as sa  # noqa: E402
 from smtp_baseline import build_messages, smtplib_baseline, start_sink  # noqa: E402
 
 from engine.config import parse_smtp_url  # noqa: E402
-from engine.demo import demo_clock, load_demo  # noqa: E402
+from engine.demo import load_demo  # noqa: E402
 from engine.models import (  # noqa: E402
     attempts,
     campaign_runs,
@@ -48,6 +48,7 @@ from engine.models import (  # noqa: E402
 )
 from engine.project import open_project  # noqa: E402
 from engine.sending import send_campaign  # noqa: E402
+from engine.times import utcnow  # noqa: E402
 
 MAIL_MERGE = (65, 130)  # messages/s of a popular mail-merge command-line tool (issue 5)
 
@@ -107,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
         project = open_project(folder, env=env)
         engine = project.database()
         started = time.perf_counter()
-        now = demo_clock()
+        now = utcnow().replace(microsecond=0)
         load_demo(engine, merchants_count=args.count, seed=7, now=now)
         with engine.begin() as conn:
             conn.execute(merchants.update().values(status="active"))

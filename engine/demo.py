@@ -18,9 +18,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from engine.errors import CampaignError
+from engine.errors import DatabaseError
 from engine.models import activities, merchants, metadata, orders
-from engine.times import utcnow
 
 DEMO_PREFIX = "demo-"
 
@@ -145,11 +144,8 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "", text.lower())
 
 
-def generate_merchants(
-    count: int, *, seed: int = 1212, now: datetime | None = None
-) -> Iterator[DemoMerchant]:
+def generate_merchants(count: int, *, now: datetime, seed: int = 1212) -> Iterator[DemoMerchant]:
     """Demo merchants with their history shape; deterministic for (count, seed, now)."""
-    now = now or demo_clock()
     rng = random.Random(seed)
     city_weights = [c[2] for c in CITIES]
     for number in range(1, count + 1):
@@ -307,11 +303,6 @@ def generate_history(
     return order_rows, activity_rows, last_login
 
 
-def demo_clock() -> datetime:
-    """The demo's "now": the start of the current UTC hour, so reruns within it match exactly."""
-    return utcnow().replace(minute=0, second=0, microsecond=0)
-
-
 def _reset(engine: Engine) -> None:
     with engine.begin() as conn:
         foreign = conn.execute(
@@ -320,7 +311,7 @@ def _reset(engine: Engine) -> None:
             .where(sa.not_(merchants.c.external_id.startswith(DEMO_PREFIX, autoescape=True)))
         ).scalar_one()
         if foreign:
-            raise CampaignError(
+            raise DatabaseError(
                 f"the database already holds {foreign} merchants that are not demo data; "
                 "run `campaign demo` in an empty project folder (or point CAMPAIGN_DATABASE_URL elsewhere)"
             )
@@ -332,10 +323,9 @@ def _reset(engine: Engine) -> None:
 
 
 def load_demo(
-    engine: Engine, *, merchants_count: int = 1000, seed: int = 1212, now: datetime | None = None
+    engine: Engine, *, now: datetime, merchants_count: int = 1000, seed: int = 1212
 ) -> DemoSummary:
     """Replace the demo data in ``engine`` (refusing if real merchants are present)."""
-    now = now or demo_clock()
     _reset(engine)
     summary = DemoSummary()
     batch_m: list[dict[str, Any]] = []
@@ -379,12 +369,9 @@ def load_demo(
     return summary
 
 
-def run_demo(
-    project, *, merchants: int = 1000, seed: int = 1212, now: datetime | None = None
-) -> DemoSummary:
+def run_demo(project, *, now: datetime, merchants: int = 1000, seed: int = 1212) -> DemoSummary:
     """Create the schema, load the demo data, then show what each example would do."""
     engine = project.database()
-    now = now or demo_clock()
     summary = load_demo(engine, merchants_count=merchants, seed=seed, now=now)
     _show_examples(project, summary, now)
     return summary

@@ -32,6 +32,11 @@ def check_topic(topic: str | None) -> str:
     return topic
 
 
+def stored_address(email: str) -> str:
+    """The form an address has on the list (checked, lower-cased); ``SuppressionError`` if bad."""
+    return _email(email)
+
+
 def _email(email: str) -> str:
     try:
         return normalize_email(email)
@@ -80,13 +85,20 @@ def add_suppression(
 
 
 def remove_suppression(engine: Engine, email: str, *, topic: str | None = None) -> int:
-    """Lift suppressions of ``email``: for one topic, or every entry when ``topic`` is None."""
+    """Lift suppressions of ``email``: for one topic, or every entry when ``topic`` is None.
+
+    Returns how many entries went; ``SuppressionError`` when there was none to lift.
+    """
     address = _email(email)
     query = suppressions.delete().where(suppressions.c.email == address)
     if topic is not None:
         query = query.where(suppressions.c.topic == check_topic(topic))
     with write_transaction(engine) as conn:
-        return conn.execute(query).rowcount
+        removed = conn.execute(query).rowcount
+    if not removed:
+        scope = f" for topic {topic}" if topic else ""
+        raise SuppressionError(f"{address} is not on the suppression list{scope}")
+    return removed
 
 
 def list_suppressions(

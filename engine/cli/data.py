@@ -7,7 +7,14 @@ from pathlib import Path
 
 import click
 
-from engine.cli.main import cli, is_terminal, load_project, project_option
+from engine.cli.main import (
+    cli,
+    command_clock,
+    is_terminal,
+    load_project,
+    now_option,
+    project_option,
+)
 from engine.cli.output import echo_err, print_table, progress_bar
 from engine.db import describe_url, upgrade_schema
 from engine.importer import KINDS, PARALLEL_FROM_BYTES, import_file
@@ -72,13 +79,19 @@ def import_command(kind: str, file: Path, project_dir: Path) -> None:
 @click.option(
     "--seed", type=int, default=1212, show_default=True, help="Random seed (same seed, same data)."
 )
+@now_option
 @project_option
-def demo(count: int, seed: int, project_dir: Path) -> None:
-    """Create the database, load realistic demo data and dry-run every example campaign."""
+def demo(count: int, seed: int, now_text: str | None, project_dir: Path) -> None:
+    """Create the database, load realistic demo data and dry-run every example campaign.
+
+    The data is laid out around the command's clock (the real time, or --now), so
+    that `segment count` and the other commands right after it count the same.
+    """
     from engine.demo import run_demo
 
     project = load_project(project_dir)
-    summary = run_demo(project, merchants=count, seed=seed)
+    now = command_clock(now_text).now().replace(microsecond=0)
+    summary = run_demo(project, merchants=count, seed=seed, now=now)
     click.echo(f"Demo data in {describe_url(project.engine)}:")
     print_table(summary.data_rows(), ("table", "rows"))
     for title, columns, rows in summary.sections:

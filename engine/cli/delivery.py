@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from engine.cli.main import (
+    MAX_COUNT,
     cli,
     command_clock,
     format_option,
@@ -27,7 +28,9 @@ SAMPLE = 10  # recipients shown in the table form of a dry run
 @click.option(
     "--dry-run", is_flag=True, help="Compute and render everything; send nothing, change nothing."
 )
-@click.option("--limit", type=click.IntRange(1), default=None, help="At most N new messages.")
+@click.option(
+    "--limit", type=click.IntRange(1, MAX_COUNT), default=None, help="At most N new messages."
+)
 @click.option(
     "--run",
     "run_label",
@@ -172,7 +175,7 @@ def suppress() -> None:
 @project_option
 def suppress_add(email: str, topic: str, reason: str, source: str, project_dir: Path) -> None:
     """Stop emailing EMAIL (for one topic or all)."""
-    from engine.suppressions import add_suppression
+    from engine.suppressions import add_suppression, stored_address
 
     project = load_project(project_dir)
     added = add_suppression(
@@ -185,7 +188,7 @@ def suppress_add(email: str, topic: str, reason: str, source: str, project_dir: 
     )
     scope = "all topics" if topic in ("all", "*") else f"topic {topic}"
     click.echo(
-        f"{email.strip().lower()}: {'suppressed' if added else 'already suppressed'} for {scope}."
+        f"{stored_address(email)}: {'suppressed' if added else 'already suppressed'} for {scope}."
     )
 
 
@@ -197,16 +200,11 @@ def suppress_add(email: str, topic: str, reason: str, source: str, project_dir: 
 @project_option
 def suppress_remove(email: str, topic: str | None, project_dir: Path) -> None:
     """Allow EMAIL again."""
-    from engine.suppressions import remove_suppression
+    from engine.suppressions import remove_suppression, stored_address
 
     project = load_project(project_dir)
     removed = remove_suppression(project.database(), email, topic=topic)
-    if not removed:
-        raise CampaignError(
-            f"{email.strip().lower()} is not on the suppression list"
-            + (f" for topic {topic}" if topic else "")
-        )
-    click.echo(f"{email.strip().lower()}: removed {removed} suppression(s).")
+    click.echo(f"{stored_address(email)}: removed {removed} suppression(s).")
 
 
 @suppress.command("list")

@@ -50,14 +50,21 @@ def project_option(func):
 
 
 def format_option(*choices: str, default: str = "table"):
+    """``--format`` with exactly the forms this command prints (and says so in its help)."""
+    scripts = [c for c in choices if c != "table"]
+    forms = " or ".join(scripts)
     return click.option(
         "--format",
         "output_format",
         type=click.Choice(choices),
         default=default,
         show_default=True,
-        help="Output: a table for people, json or csv for scripts.",
+        help=f"Output: a table for people, {forms} for scripts." if forms else "Output.",
     )
+
+
+# The largest count an option takes: far beyond any audience, well inside both databases' integers.
+MAX_COUNT = 1_000_000_000
 
 
 def load_project(project_dir: Path) -> Project:

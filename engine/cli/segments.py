@@ -8,10 +8,10 @@ import click
 
 from engine.cli.main import (
     cli,
+    command_clock,
     format_option,
     load_project,
     now_option,
-    parse_now,
     project_option,
 )
 from engine.cli.output import print_csv, print_json, print_table
@@ -22,7 +22,6 @@ from engine.segments import (
     segment_members,
 )
 from engine.segments.schema import schema_text
-from engine.times import utcnow
 
 SHOW_COLUMNS = ("id", "external_id", "email", "store_name", "plan", "city", "status")
 
@@ -45,7 +44,7 @@ def segment() -> None:
 def segment_list(project_dir: Path, now_text: str | None, output_format: str) -> None:
     """Every segment with its description and how many merchants are in it now."""
     project, segments = _load(project_dir)
-    now = parse_now(now_text) or utcnow()
+    now = command_clock(now_text).now()
     # No segments, no database: run in the wrong folder, this must not leave a campaign.db behind.
     engine = project.database() if segments else None
     rows = [
@@ -81,7 +80,7 @@ def segment_count(name: str, project_dir: Path, now_text: str | None, output_for
     """How many merchants are in segment NAME."""
     project, segments = _load(project_dir)
     segments.get_segment(name)
-    count = count_segment(project.database(), segments, name, now=parse_now(now_text) or utcnow())
+    count = count_segment(project.database(), segments, name, now=command_clock(now_text).now())
     if output_format == "json":
         print_json({"segment": name, "count": count})
     else:
@@ -101,7 +100,7 @@ def segment_show(
     project, segments = _load(project_dir)
     segments.get_segment(name)
     rows = segment_members(
-        project.database(), segments, name, now=parse_now(now_text) or utcnow(), limit=limit
+        project.database(), segments, name, now=command_clock(now_text).now(), limit=limit
     )
     if output_format == "json":
         print_json(rows)
@@ -125,7 +124,7 @@ def segment_explain(name: str, project_dir: Path, now_text: str | None) -> None:
     project, segments = _load(project_dir)
     segments.get_segment(name)
     explanation = explain_segment(
-        project.database(), segments, name, now=parse_now(now_text) or utcnow()
+        project.database(), segments, name, now=command_clock(now_text).now()
     )
     click.echo("-- SQL")
     click.echo(explanation.sql)
