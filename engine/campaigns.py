@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from engine.addresses import normalize_email
+from engine.config import TOPICS
 from engine.errors import CampaignError, CampaignFileError, ProblemList
 from engine.times import parse_duration
 from engine.yamlfile import YamlDocument, YamlSyntaxError, load_yaml
@@ -29,7 +30,6 @@ if TYPE_CHECKING:
     from engine.segments import Rule, SegmentSet
 
 KINDS = ("drip", "broadcast")
-TOPICS = ("onboarding", "retention", "promo", "partnership")
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 MAX_HOLDOUT = 0.5
 

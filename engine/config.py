@@ -24,6 +24,8 @@ from engine.times import Rate, parse_duration, parse_rate
 
 SETTINGS_FILE = "campaign.toml"
 LOCALES = ("id", "en")
+# Unsubscribe scopes: a campaign's topic, a suppression's topic, a frequency-cap exemption.
+TOPICS = ("onboarding", "retention", "promo", "partnership")
 
 
 class Secret:
@@ -250,8 +252,6 @@ def _https_url(value: Any) -> str:
 
 
 def _topics(value: Any) -> tuple[str, ...]:
-    from engine.campaigns import TOPICS  # imported here: campaigns imports this module
-
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ValueError(f"{value!r} is not a list of topic names")
     for topic in value:

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from engine.addresses import normalize_email
-from engine.campaigns import TOPICS
+from engine.config import TOPICS
 from engine.db import dialect_insert, write_transaction
 from engine.errors import SuppressionError
 from engine.models import suppressions
