@@ -238,6 +238,11 @@ def _positive_duration(value: Any) -> timedelta:
     return span
 
 
+def _span(value: timedelta) -> str:
+    seconds = int(value.total_seconds())
+    return f"{seconds // 60}m" if seconds % 60 == 0 and seconds else f"{seconds}s"
+
+
 def _cap(value: Any) -> Rate | None:
     if value in ("off", "none", False):
         return None
@@ -385,6 +390,14 @@ def load_settings(project_dir: Path | str = ".", env: Mapping[str, str] | None =
         timeout=r.get("timeout", _positive_duration, d.timeout),
         batch_size=r.get("batch_size", _positive_int, d.batch_size),
     )
+    if delivery.lease <= delivery.timeout:
+        # A claim must outlive the longest wait for the server's reply to the body, or a
+        # message the server accepted is taken for lost and reported `unknown`.
+        raise r.fail(
+            "lease",
+            f"{_span(delivery.lease)} is not longer than the SMTP timeout "
+            f"({_span(delivery.timeout)}): a lease must outlast the wait for the server's reply",
+        )
     r = reader("scheduler", ("tick",))
     scheduler = SchedulerSettings(tick=r.get("tick", _positive_duration, SchedulerSettings().tick))
     lim = LimitsSettings()

@@ -173,3 +173,17 @@ def test_smtp_credentials_from_their_own_variables(tmp_path):
     assert smtp.username == "mailer"
     assert smtp.password.reveal() == "p@ss word"
     assert "p@ss" not in repr(smtp) and "p@ss" not in smtp.describe()
+
+
+def test_a_lease_not_longer_than_the_smtp_timeout_is_refused_with_its_line(tmp_path):
+    """Such a lease runs out while the server still answers: accepted mail would read `unknown`."""
+    from engine.config import load_settings
+    from engine.errors import SettingsError
+
+    (tmp_path / "campaign.toml").write_text('[delivery]\ntimeout = "60s"\nlease = "30s"\n')
+    with pytest.raises(SettingsError) as caught:
+        load_settings(tmp_path, env={})
+    assert str(caught.value).startswith(f"{tmp_path / 'campaign.toml'}:3: delivery.lease: 30s")
+    assert "SMTP timeout (1m)" in str(caught.value)
+    (tmp_path / "campaign.toml").write_text('[delivery]\ntimeout = "60s"\nlease = "5m"\n')
+    assert load_settings(tmp_path, env={}).delivery.lease.total_seconds() == 300

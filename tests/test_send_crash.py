@@ -31,6 +31,7 @@ TOML = """
 connections = 3
 rate = "2000/s"
 lease = "{lease}"
+timeout = "{timeout}"
 retry_backoff = "1s"
 max_attempts = 3
 """
@@ -43,8 +44,10 @@ def crash_project(tmp_path, db_url, request):
     folder = tmp_path / "shop"
     # A short lease lets the resume start soon after a kill; several live
     # processes on a busy 2-core machine get a comfortable one.
-    lease = "1s" if "kill" in request.node.name else "30s"
-    write_files(folder, {**FILES, "campaign.toml": TOML.format(lease=lease)})
+    # (A lease must outlast the SMTP timeout: the test server answers within milliseconds.)
+    lease, timeout = ("2s", "1s") if "kill" in request.node.name else ("30s", "10s")
+    toml = TOML.format(lease=lease, timeout=timeout)
+    write_files(folder, {**FILES, "campaign.toml": toml})
     engine = make_engine(db_url)
     upgrade_schema(engine)
     with engine.begin() as conn:
@@ -131,7 +134,7 @@ def test_kill_9_at_random_points_then_resume(crash_project, server_process, db_u
         wait_for_records(server_process, already + rng.randint(1, MERCHANTS // 4), process)
         process.send_signal(signal.SIGKILL)
         process.communicate()
-        time.sleep(1.1)  # let the dead sender's leases expire
+        time.sleep(2.1)  # let the dead sender's leases expire
     process = start_send(folder, db_url, server_process.url)
     _out, err = process.communicate(timeout=120)
     states = final_states(engine)
