@@ -239,8 +239,7 @@ def _produce(
     try:
         for conn, rows in member_batches(engine, plan, max(50, settings.delivery.batch_size)):
             if stop is not None and stop.is_set():
-                count_rest(conn, plan, tally, rows[0]["id"])  # counted as left for later
-                break
+                break  # the rest of the audience is reached by the next send of the run
             if limit is not None and report.would_send >= limit:
                 # Enough messages: the rest of the audience is only counted.
                 count_rest(conn, plan, tally, rows[0]["id"])
