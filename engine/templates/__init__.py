@@ -27,13 +27,17 @@ from engine.templates.frontmatter import (
     split_front_matter,
 )
 from engine.templates.inline import inline_css
-from engine.templates.sandbox import (
+from engine.templates.limits import (
+    DEFAULT_LIMITS,
     MAX_INT_BITS,
     MAX_OUTPUT,
     MAX_RANGE_ITEMS,
+    MAX_SECONDS,
+    MAX_STEPS,
     MAX_STRING,
-    make_env,
+    Limits,
 )
+from engine.templates.sandbox import make_env
 from engine.templates.template_set import (
     SHARED_DIRS,
     EmailTemplate,
@@ -47,16 +51,20 @@ _Loader = TemplateLoader
 _make_env = make_env
 
 __all__ = [
+    "DEFAULT_LIMITS",
     "FRONT_MATTER_KEYS",
     "LOCALES",
     "MAX_INCLUDE_DEPTH",
     "MAX_INT_BITS",
     "MAX_OUTPUT",
     "MAX_RANGE_ITEMS",
+    "MAX_SECONDS",
+    "MAX_STEPS",
     "MAX_STRING",
     "SHARED_DIRS",
     "EmailTemplate",
     "FrontMatter",
+    "Limits",
     "RenderedTemplate",
     "TemplateLoader",
     "TemplateSet",

@@ -20,7 +20,8 @@ from engine.errors import TemplateError
 from engine.templates.flatten import flatten
 from engine.templates.frontmatter import read_template, split_front_matter
 from engine.templates.inline import Protected, inline_css, loosen
-from engine.templates.sandbox import make_env, render_capped
+from engine.templates.limits import DEFAULT_LIMITS, Budget, Limits, message_budget, render_capped
+from engine.templates.sandbox import make_env
 from engine.templates.text import html_to_text, tidy_text
 
 SHARED_DIRS = ("layouts", "partials")
@@ -111,6 +112,12 @@ class EmailTemplate:
         """Render every part for one merchant. Raises ``TemplateError`` naming file and line."""
         ctx = dict(context)
         ctx.setdefault("locale", self.locale or self.templates.default_locale)
+        # The parts of one message share one budget of steps, range() items and time.
+        with message_budget(self.templates.limits) as budget:
+            return self._render(ctx, budget)
+
+    def _render(self, ctx: dict, budget: Budget) -> RenderedTemplate:
+        start = budget.snapshot()
         try:
             # Subject and preheader in one render (one context instead of two).
             subject, _sep, preheader_text = render_capped(self.heading, ctx).partition(
@@ -119,6 +126,7 @@ class EmailTemplate:
             subject = subject.strip()
             preheader = preheader_text.strip() if self.preheader is not None else None
         except Exception:
+            budget.restore(start)
             subject = self._render_line(self.subject, ctx, self.front.subject_line, "subject")
             preheader = (
                 self._render_line(self.preheader, ctx, self.front.preheader_line, "preheader")
@@ -127,15 +135,19 @@ class EmailTemplate:
             )
         ctx["subject"] = subject
         ctx["preheader"] = preheader or ""
+        start = budget.snapshot()
         try:
             html = render_capped(self.html, ctx)
         except Exception as exc:
+            budget.restore(start)
             raise self._locate(exc, self.original, ctx) from None
+        start = budget.snapshot()
         try:
             text = render_capped(self.text, ctx)
         except Exception as exc:
             if self.text_path is not None:
                 raise self._error_from(exc) from None
+            budget.restore(start)
             raise self._locate(exc, self.original, ctx) from None
         return RenderedTemplate(subject, preheader, html, tidy_text(text))
 
@@ -148,7 +160,11 @@ class EmailTemplate:
             raise TemplateError(self.path, line, f"in the {what}: {_reason(exc)}") from None
 
     def _locate(self, exc: Exception, original: jinja2.Template, ctx: dict) -> TemplateError:
-        """Render the original template again so the error names the author's file and line."""
+        """Render the original template again so the error names the author's file and line.
+
+        The budget was set back to where the failed part started, so the original
+        spends the same and fails at the same place.
+        """
         if isinstance(exc, TemplateError):
             return exc
         try:
@@ -186,9 +202,12 @@ def _reason(exc: Exception) -> str:
 class TemplateSet:
     """The project's ``templates/`` folder; each template is prepared once and cached."""
 
-    def __init__(self, templates_dir: Path, default_locale: str) -> None:
+    def __init__(
+        self, templates_dir: Path, default_locale: str, limits: Limits = DEFAULT_LIMITS
+    ) -> None:
         self.root = Path(templates_dir).resolve()
         self.default_locale = default_locale
+        self.limits = limits
         self.html_env = make_env(self.root, autoescape=True)
         self.text_env = make_env(self.root, autoescape=False)
         self._cache: dict[Path, EmailTemplate] = {}
