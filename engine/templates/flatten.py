@@ -103,7 +103,7 @@ def _source(root: Path, relative: str) -> str:
     path = root / relative
     if not path.is_file():
         raise TemplateError(path, None, "template not found")
-    text = read_template(path)
+    text = read_template(path, root)
     if relative.endswith(".html") and text.startswith(("---", "\ufeff---")):
         _front, text = split_front_matter(path, text)
     # Comments go, their line breaks stay: errors found here can still name lines.

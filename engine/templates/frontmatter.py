@@ -75,6 +75,11 @@ class TemplateLoader(jinja2.FileSystemLoader):
     """Reads templates under ``templates/``; email templates lose their front matter."""
 
     def get_source(self, environment, template):
+        for folder in self.searchpath:
+            candidate = Path(folder) / template
+            if candidate.is_file():
+                check_inside(candidate, Path(folder))
+                break
         source, filename, uptodate = super().get_source(environment, template)
         if template.endswith(".html") and source.startswith(("---", "\ufeff---")):
             # A broken front matter is reported by TemplateSet, which reads it itself.
@@ -83,8 +88,20 @@ class TemplateLoader(jinja2.FileSystemLoader):
         return source, filename, uptodate
 
 
-def read_template(path: Path) -> str:
-    """The text of a template file, or a ``TemplateError`` naming it."""
+def check_inside(path: Path, root: Path) -> None:
+    """Refuse a template that is a symbolic link (or inside one) leading out of ``root``."""
+    target, root = path.resolve(), root.resolve()
+    if not target.is_relative_to(root):
+        raise TemplateError(
+            path,
+            None,
+            f"a symbolic link to {target}, outside {root}; templates must stay in their folder",
+        )
+
+
+def read_template(path: Path, root: Path) -> str:
+    """The text of a template file under ``root``, or a ``TemplateError`` naming it."""
+    check_inside(path, root)
     try:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:

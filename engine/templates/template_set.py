@@ -46,7 +46,7 @@ class EmailTemplate:
         env, text_env = templates.html_env, templates.text_env
         relative = path.relative_to(templates.root).as_posix()
         self.relative = relative
-        raw = read_template(path)
+        raw = read_template(path, templates.root)
         self.front, _body = split_front_matter(path, raw)
         self.subject = self._compile_string(text_env, self.front.subject, self.front.subject_line)
         self.preheader = (
