@@ -156,16 +156,20 @@ _TEXT_FILTERS = (
 def concat(eval_ctx: Any, items: list[Any]) -> str:
     """The ``~`` operator, its result measured before it is built."""
     size = 0
+    markup = False
     for item in items:
-        size += text_size(item)
-        too_long(size, "this text joined with `~`")
-    pieces = [soft_str(item) for item in items]
-    if (eval_ctx.volatile or eval_ctx.autoescape) and any(hasattr(p, "__html__") for p in pieces):
+        if item.__class__ is str:
+            size += len(item)
+        else:
+            size += text_size(item)
+            markup = markup or hasattr(item, "__html__")
+    too_long(size, "this text joined with `~`")
+    if markup and (eval_ctx.volatile or eval_ctx.autoescape):
         # Escaping may lengthen each piece: measured again once escaped.
-        pieces = [escape(p) for p in pieces]
+        pieces = [escape(item) for item in items]
         too_long(sum(map(len, pieces)), "this text joined with `~`")
         return Markup("").join(pieces)
-    return "".join(pieces)
+    return "".join([item if item.__class__ is str else soft_str(item) for item in items])
 
 
 def _context_locale(context: Any) -> str:

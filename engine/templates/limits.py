@@ -13,7 +13,7 @@ import contextlib
 import re
 import string
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import ItemsView, Iterator, KeysView, Mapping, ValuesView
 from contextvars import ContextVar
 from dataclasses import dataclass
 from itertools import islice
@@ -21,6 +21,7 @@ from typing import Any
 
 import jinja2
 from jinja2.sandbox import SecurityError
+from jinja2.utils import Namespace
 
 MAX_OUTPUT = 1_000_000  # characters of one rendered part
 MAX_STRING = 100_000  # characters of any string built while rendering
@@ -192,6 +193,11 @@ def _size(value: Any, cap: int, memo: dict[int, int]) -> int:
                 break
         memo[key] = total
         return total
+    if isinstance(value, KeysView | ValuesView | ItemsView):
+        return _size(list(value), cap, memo) + 12
+    if isinstance(value, Namespace):
+        # Printed as <Namespace {attributes}>: measured without printing.
+        return _size(object.__getattribute__(value, "_Namespace__attrs"), cap, memo) + 12
     if isinstance(value, jinja2.Undefined):
         return 0
     return len(str(value))
