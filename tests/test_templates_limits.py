@@ -13,11 +13,14 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from conftest import REPO, write_files
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from template_fixtures import context, make_templates
 
 from engine.errors import TemplateError
 from engine.models import merchants
 from engine.templates import Limits, TemplateSet
+from engine.templates.limits import text_size
 
 
 def _render(project: Path, body: str, **kwargs):
@@ -220,3 +223,38 @@ def test_render_command_of_a_bomb_ends_quickly_with_one_sentence(project_dir, pr
     # The step budget (or, on a very loaded machine, the time limit) stops it at line 6.
     stopped = "loop iterations and calls" in output or "took longer than" in output
     assert "bomb.id.html:6" in output and stopped, output
+
+
+PLAIN = st.text(st.characters(min_codepoint=32, max_codepoint=126, blacklist_characters="'\"\\"))
+VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text() | PLAIN,
+    lambda inner: (
+        st.lists(inner, max_size=6)
+        | st.tuples(inner, inner)
+        | st.dictionaries(PLAIN | st.integers(), inner, max_size=4)
+        | st.frozensets(st.integers() | PLAIN, max_size=4)
+    ),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(VALUES)
+def test_text_size_bounds_the_text_of_any_value_from_above(value):
+    # Strings inside containers print with escapes (up to 4 characters for one).
+    assert len(str(value)) <= 4 * text_size(value, cap=10**9) + 4
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(PLAIN | st.integers(), max_size=5), max_size=5))
+def test_text_size_is_exact_enough_for_plain_values(value):
+    assert len(str(value)) <= text_size(value, cap=10**9)
+
+
+def test_text_size_measures_shared_items_without_expanding_them():
+    level = ["x" * 100] * 100
+    for _ in range(30):  # 100**30 strings if printed
+        level = [level] * 100
+    started = time.monotonic()
+    assert text_size(level) > 100_000
+    assert time.monotonic() - started < 1

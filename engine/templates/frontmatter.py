@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,12 +92,13 @@ class TemplateLoader(jinja2.FileSystemLoader):
 def check_inside(path: Path, root: Path) -> None:
     """Refuse a template that is a symbolic link (or inside one) leading out of ``root``."""
     target, root = path.resolve(), root.resolve()
-    if not target.is_relative_to(root):
-        raise TemplateError(
-            path,
-            None,
-            f"a symbolic link to {target}, outside {root}; templates must stay in their folder",
-        )
+    if target.is_relative_to(root):
+        return
+    if Path(os.path.normpath(path.absolute())).is_relative_to(root):
+        how = f"a symbolic link to {target}"  # the name is inside; a link leads out
+    else:
+        how = f"the path leads to {target}"
+    raise TemplateError(path, None, f"{how}, outside {root}; templates must stay in their folder")
 
 
 def read_template(path: Path, root: Path) -> str:

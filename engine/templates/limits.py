@@ -183,7 +183,7 @@ def _size(value: Any, cap: int, memo: dict[int, int]) -> int:
         if key in memo:
             return memo[key]
         memo[key] = 5  # a container inside itself prints as [...]
-        total = 2
+        total = 13 if isinstance(value, set | frozenset) else 2  # frozenset({...})
         items = value.items() if isinstance(value, dict) else ((item, None) for item in value)
         for first, second in items:
             total += _size(first, cap, memo) + 2
