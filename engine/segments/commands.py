@@ -25,6 +25,8 @@ from engine.segments.loader import (
 
 @dataclass(frozen=True)
 class SegmentListing:
+    """What `segment list` shows. Warnings go to stderr."""
+
     rows: list[dict[str, Any]]  # segment, description, count
     warnings: list[str] = field(default_factory=list)
     problems: int = 0  # how many of the warnings are mistakes in segment files
@@ -32,6 +34,8 @@ class SegmentListing:
 
 @dataclass(frozen=True)
 class SegmentCount:
+    """What `segment count` shows. Warnings go to stderr."""
+
     name: str
     count: int
     warnings: list[str] = field(default_factory=list)
@@ -39,6 +43,8 @@ class SegmentCount:
 
 @dataclass(frozen=True)
 class SegmentMembers:
+    """What `segment show` shows. Warnings go to stderr."""
+
     name: str
     rows: list[dict[str, Any]]
     warnings: list[str] = field(default_factory=list)
@@ -46,6 +52,8 @@ class SegmentMembers:
 
 @dataclass(frozen=True)
 class SegmentExplanation:
+    """What `segment explain` shows. Warnings go to stderr."""
+
     name: str
     explanation: Explanation
     warnings: list[str] = field(default_factory=list)

@@ -123,11 +123,13 @@ class _Bounds(NodeTransformer):
     """Every ``{% for %}`` iterates through the step budget; every ``~`` is measured first."""
 
     def visit_For(self, node: nodes.For) -> nodes.For:
+        """Its items through the step budget."""
         self.generic_visit(node)
         node.iter = nodes.Filter(node.iter, _LOOP_FILTER, [], [], None, None, lineno=node.lineno)
         return node
 
     def visit_Concat(self, node: nodes.Concat) -> nodes.Filter:
+        """``a ~ b`` as the measured concatenation."""
         self.generic_visit(node)
         items = nodes.List(node.nodes, lineno=node.lineno)
         return nodes.Filter(items, _CONCAT_FILTER, [], [], None, None, lineno=node.lineno)
@@ -144,12 +146,14 @@ class _Sandbox(ImmutableSandboxedEnvironment):
         return tree
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        """``*``, ``**``, ``%`` and ``+`` through the bounded versions."""
         handler = _BINOPS.get(operator)
         if handler is None:
             return super().call_binop(context, operator, left, right)
         return handler(left, right)
 
     def wrap_str_format(self, value: Any) -> Any:
+        """``str.format``/``format_map``, their result bounded before they run."""
         # The sandbox hands out str.format as a wrapper; bound its result before it runs.
         wrapped = super().wrap_str_format(value)
         if wrapped is None:
@@ -164,6 +168,7 @@ class _Sandbox(ImmutableSandboxedEnvironment):
         return bounded
 
     def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
+        """Every call costs a step; str methods that could build huge strings are checked first."""
         step()  # macros that call themselves spin without a loop
         owner = getattr(__obj, "__self__", None)
         if isinstance(owner, str | bytes):

@@ -20,7 +20,14 @@ from engine.errors import TemplateError
 from engine.templates.flatten import flatten
 from engine.templates.frontmatter import read_template, split_front_matter
 from engine.templates.inline import Protected, inline_css, loosen
-from engine.templates.limits import DEFAULT_LIMITS, Budget, Limits, message_budget, render_capped
+from engine.templates.limits import (
+    DEFAULT_LIMITS,
+    Budget,
+    Limits,
+    end_budget,
+    render_capped,
+    start_budget,
+)
 from engine.templates.sandbox import make_env
 from engine.templates.text import html_to_text, tidy_text
 
@@ -113,8 +120,11 @@ class EmailTemplate:
         ctx = dict(context)
         ctx.setdefault("locale", self.locale or self.templates.default_locale)
         # The parts of one message share one budget of steps, range() items and time.
-        with message_budget(self.templates.limits) as budget:
+        budget, token = start_budget(self.templates.limits)
+        try:
             return self._render(ctx, budget)
+        finally:
+            end_budget(token)
 
     def _render(self, ctx: dict, budget: Budget) -> RenderedTemplate:
         start = budget.snapshot()
