@@ -14,6 +14,9 @@ Path_ = tuple[str | int, ...]
 # A document expands aliases into plain data: cap the work so that a file of nested
 # aliases (a "billion laughs") is refused instead of eating memory.
 MAX_NODES = 100_000
+# Project files are written by hand: anything larger is a mistake (or an attack), and
+# parsing 50 MB of YAML takes tens of seconds.
+MAX_FILE_BYTES = 1024 * 1024
 
 
 @dataclass
@@ -44,6 +47,13 @@ class YamlSyntaxError(ValueError):
     def __init__(self, line: int | None, message: str) -> None:
         self.line = line
         super().__init__(message)
+
+
+class YamlFileRefused(YamlSyntaxError):
+    """The file is not read at all: too large, or a symbolic link that leaves its folder."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(None, message)
 
 
 def _build(
@@ -112,7 +122,28 @@ def parse_yaml(text: str, path: Path | str = "<string>") -> YamlDocument:
     return doc
 
 
-def load_yaml(path: Path | str) -> YamlDocument:
-    """Read and parse a YAML file with positions."""
+def check_project_file(path: Path, folder: Path | None = None) -> None:
+    """Refuse a file that is a symbolic link leading out of ``folder`` (its own by default)."""
+    folder = (folder or path.parent).resolve()
+    target = path.resolve()
+    if not target.is_relative_to(folder):
+        raise YamlFileRefused(
+            f"a symbolic link to {target}, outside {folder}; project files must stay in their folder"
+        )
+
+
+def load_yaml(path: Path | str, folder: Path | None = None) -> YamlDocument:
+    """Read and parse a YAML file with positions (refused before reading if too large or a link out).
+
+    Raises ``YamlSyntaxError`` (``YamlFileRefused`` for the refusals), ``OSError`` or
+    ``UnicodeDecodeError``.
+    """
     path = Path(path)
+    check_project_file(path, folder)
+    size = path.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise YamlFileRefused(
+            f"the file is {size / 1024 / 1024:.1f} MiB, larger than the "
+            f"{MAX_FILE_BYTES // 1024 // 1024} MiB a project file may be; it was not read"
+        )
     return parse_yaml(path.read_text(encoding="utf-8"), path)

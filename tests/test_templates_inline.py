@@ -91,7 +91,7 @@ def test_every_example_template_inline_once_equals_inline_each(name, locale):
 
 
 def test_inlining_happens_once_per_template(tmp_path, monkeypatch):
-    import engine.templates as module
+    import engine.templates.template_set as module
 
     calls: list[int] = []
     real = module.inline_css

@@ -15,21 +15,20 @@ from engine.cli.main import (
     project_option,
 )
 from engine.cli.output import print_csv, print_json, print_table
-from engine.segments import (
-    count_segment,
-    explain_segment,
-    load_segments,
-    segment_members,
+from engine.segments.commands import (
+    count_members,
+    explain_members,
+    list_segments,
+    show_members,
 )
 from engine.segments.schema import schema_text
 
 SHOW_COLUMNS = ("id", "external_id", "email", "store_name", "plan", "city", "status")
 
 
-def _load(project_dir: Path):
-    project = load_project(project_dir)
-    segments = load_segments(project.settings.segments_dir)
-    return project, segments
+def _warn(warnings: list[str]) -> None:
+    for warning in warnings:
+        click.echo(warning, err=True)
 
 
 @cli.group()
@@ -43,18 +42,10 @@ def segment() -> None:
 @format_option("table", "json", "csv")
 def segment_list(project_dir: Path, now_text: str | None, output_format: str) -> None:
     """Every segment with its description and how many merchants are in it now."""
-    project, segments = _load(project_dir)
-    now = command_clock(now_text).now()
-    # No segments, no database: run in the wrong folder, this must not leave a campaign.db behind.
-    engine = project.database() if segments else None
-    rows = [
-        {
-            "segment": name,
-            "description": seg.description,
-            "count": count_segment(engine, segments, name, now=now),
-        }
-        for name, seg in segments.items()
-    ]
+    project = load_project(project_dir)
+    listing = list_segments(project, now=command_clock(now_text).now())
+    _warn(listing.warnings)
+    rows = listing.rows
     folder = project.settings.segments_dir
     if output_format == "json":
         print_json(rows)
@@ -69,6 +60,9 @@ def segment_list(project_dir: Path, now_text: str | None, output_format: str) ->
             ((r["segment"], r["description"], r["count"]) for r in rows),
             ("segment", "description", "merchants"),
         )
+    if listing.problems:
+        # The usable segments are listed; the broken files still make it a failure.
+        raise click.exceptions.Exit(1)
 
 
 @segment.command("count")
@@ -78,9 +72,9 @@ def segment_list(project_dir: Path, now_text: str | None, output_format: str) ->
 @format_option("table", "json")
 def segment_count(name: str, project_dir: Path, now_text: str | None, output_format: str) -> None:
     """How many merchants are in segment NAME."""
-    project, segments = _load(project_dir)
-    segments.get_segment(name)
-    count = count_segment(project.database(), segments, name, now=command_clock(now_text).now())
+    counted = count_members(load_project(project_dir), name, now=command_clock(now_text).now())
+    _warn(counted.warnings)
+    count = counted.count
     if output_format == "json":
         print_json({"segment": name, "count": count})
     else:
@@ -97,11 +91,11 @@ def segment_show(
     name: str, limit: int | None, project_dir: Path, now_text: str | None, output_format: str
 ) -> None:
     """The merchants in segment NAME, by id."""
-    project, segments = _load(project_dir)
-    segments.get_segment(name)
-    rows = segment_members(
-        project.database(), segments, name, now=command_clock(now_text).now(), limit=limit
+    shown = show_members(
+        load_project(project_dir), name, now=command_clock(now_text).now(), limit=limit
     )
+    _warn(shown.warnings)
+    rows = shown.rows
     if output_format == "json":
         print_json(rows)
     elif output_format == "csv":
@@ -121,11 +115,9 @@ def segment_show(
 @now_option
 def segment_explain(name: str, project_dir: Path, now_text: str | None) -> None:
     """The SQL of segment NAME (with placeholders) and the database's query plan."""
-    project, segments = _load(project_dir)
-    segments.get_segment(name)
-    explanation = explain_segment(
-        project.database(), segments, name, now=command_clock(now_text).now()
-    )
+    explained = explain_members(load_project(project_dir), name, now=command_clock(now_text).now())
+    _warn(explained.warnings)
+    explanation = explained.explanation
     click.echo("-- SQL")
     click.echo(explanation.sql)
     click.echo("-- parameters")

@@ -1,14 +1,17 @@
 """Segments: YAML rules over merchants, validated with line numbers, compiled to one SQL query."""
 
+from engine.segments.activity_kinds import unknown_activity_kinds
 from engine.segments.compiler import metric_expression, rule_condition
 from engine.segments.loader import (
     Explanation,
     Segment,
+    SegmentLoad,
     SegmentSet,
     count_segment,
     count_statement,
     explain_segment,
     load_segments,
+    load_usable_segments,
     members_statement,
     segment_condition,
     segment_members,
@@ -41,12 +44,14 @@ __all__ = [
     "Not",
     "Rule",
     "Segment",
+    "SegmentLoad",
     "SegmentRef",
     "SegmentSet",
     "count_segment",
     "count_statement",
     "explain_segment",
     "load_segments",
+    "load_usable_segments",
     "members_statement",
     "metric_expression",
     "parse_rule",
@@ -56,4 +61,5 @@ __all__ = [
     "segment_condition",
     "segment_members",
     "segment_schema",
+    "unknown_activity_kinds",
 ]

@@ -34,11 +34,21 @@ class Segment:
 
 
 class SegmentSet(Mapping[str, Segment]):
-    """The project's segments by name (the file stem), all valid and free of cycles."""
+    """The project's segments by name (the file stem), all valid and free of cycles.
 
-    def __init__(self, segments: Mapping[str, Segment], directory: Path | None = None) -> None:
+    ``refused`` names the segments left out because of a problem (their own file's,
+    or one of a segment they refer to), each with the problem to report.
+    """
+
+    def __init__(
+        self,
+        segments: Mapping[str, Segment],
+        directory: Path | None = None,
+        refused: Mapping[str, SegmentError] | None = None,
+    ) -> None:
         self._segments = dict(sorted(segments.items()))
         self.directory = directory
+        self.refused = dict(refused or {})
 
     def __getitem__(self, name: str) -> Segment:
         return self._segments[name]
@@ -50,7 +60,9 @@ class SegmentSet(Mapping[str, Segment]):
         return len(self._segments)
 
     def get_segment(self, name: str) -> Segment:
-        """The segment ``name``, or a ``SegmentError`` listing the segments there are."""
+        """The segment ``name``, or a ``SegmentError`` saying why it cannot be used."""
+        if name in self.refused:
+            raise self.refused[name]
         if name not in self._segments:
             known = ", ".join(self._segments) or "none"
             raise SegmentError(
@@ -59,6 +71,14 @@ class SegmentSet(Mapping[str, Segment]):
                 f"no segment named {name!r} (segments: {known})",
             )
         return self._segments[name]
+
+
+@dataclass(frozen=True)
+class SegmentLoad:
+    """What ``load_usable_segments`` found: the usable segments and every problem."""
+
+    segments: SegmentSet
+    problems: list[SegmentError]  # every mistake of every file, by file and line
 
 
 def segment_files(segments_dir: Path) -> list[Path]:
@@ -72,41 +92,92 @@ def load_segments(segments_dir: Path) -> SegmentSet:
 
     Raises ``ProblemList`` of ``SegmentError`` with every mistake of every file
     (bad YAML, unknown keys, fields, metrics or operators, wrong values, missing
-    segments, cycles), each with its file and line. A missing folder is an empty set.
+    segments, cycles, files too large or linked from outside), each with its file
+    and line. A missing folder is an empty set.
+    """
+    loaded = load_usable_segments(segments_dir)
+    if loaded.problems:
+        raise ProblemList(loaded.problems)
+    return loaded.segments
+
+
+def load_usable_segments(segments_dir: Path) -> SegmentLoad:
+    """Every segment that can be used, and every problem, without raising for them.
+
+    A broken file refuses only its own segment and the segments that refer to it,
+    directly or through other ``segment:`` references; the others stay usable.
     """
     segments_dir = Path(segments_dir)
     files = segment_files(segments_dir)
     names = {path.stem for path in files}
     problems: list[SegmentError] = []
     found: dict[str, Segment] = {}
+    refused: dict[str, SegmentError] = {}
     for path in files:
+        file_problems = _read_segment(path, segments_dir, names, found)
+        if file_problems:
+            problems.extend(file_problems)
+            refused[path.stem] = _first(file_problems)
+    for error, members in _cycles(found):
+        problems.append(error)
+        for name in members:
+            refused.setdefault(name, error)
+    _refuse_dependents(found, refused)
+    problems.sort(key=lambda p: (str(p.path), p.line or 0))
+    usable = {name: seg for name, seg in found.items() if name not in refused}
+    return SegmentLoad(SegmentSet(usable, segments_dir, refused), problems)
+
+
+def _first(problems: list[SegmentError]) -> SegmentError:
+    return min(problems, key=lambda p: p.line or 0)
+
+
+def _read_segment(
+    path: Path, segments_dir: Path, names: set[str], found: dict[str, Segment]
+) -> list[SegmentError]:
+    """The problems of one file; a valid segment goes into ``found``."""
+    try:
+        doc = load_yaml(path, segments_dir)
+    except YamlSyntaxError as exc:
+        return [SegmentError(path, exc.line, str(exc))]
+    except (OSError, UnicodeDecodeError) as exc:
+        return [SegmentError(path, None, f"cannot be read: {exc}")]
+    file_problems = check_segment_keys(doc)
+    rule = None
+    if isinstance(doc.data, dict) and "rules" in doc.data:
         try:
-            doc = load_yaml(path)
-        except YamlSyntaxError as exc:
-            problems.append(SegmentError(path, exc.line, str(exc)))
-            continue
-        except (OSError, UnicodeDecodeError) as exc:
-            problems.append(SegmentError(path, None, f"cannot be read: {exc}"))
-            continue
-        file_problems = check_segment_keys(doc)
-        rule = None
-        if isinstance(doc.data, dict) and "rules" in doc.data:
-            try:
-                rule = parse_rule(doc, ("rules",), known_segments=names)
-            except ProblemList as exc:
-                file_problems.extend(exc.problems)
-        problems.extend(file_problems)
-        if rule is not None and not file_problems:
-            description = doc.data.get("description") or ""
-            found[path.stem] = Segment(path.stem, description.strip(), rule, path)
-    problems.extend(_cycles(found))
-    if problems:
-        raise ProblemList(sorted(problems, key=lambda p: (str(p.path), p.line or 0)))
-    return SegmentSet(found, segments_dir)
+            rule = parse_rule(doc, ("rules",), known_segments=names)
+        except ProblemList as exc:
+            file_problems.extend(exc.problems)
+    if rule is not None and not file_problems:
+        description = doc.data.get("description") or ""
+        found[path.stem] = Segment(path.stem, description.strip(), rule, path)
+    return file_problems
 
 
-def _cycles(segments: Mapping[str, Segment]) -> list[SegmentError]:
-    """One error per cycle, at the ``segment:`` line that closes it."""
+def _refuse_dependents(found: Mapping[str, Segment], refused: dict[str, SegmentError]) -> None:
+    """Refuse every segment that refers, at any depth, to a refused one (naming the first link)."""
+    changed = True
+    while changed:
+        changed = False
+        for name, segment in found.items():
+            if name in refused:
+                continue
+            for ref in referenced_segments(segment.rule):
+                if ref.name in refused:
+                    cause = refused[ref.name]
+                    refused[name] = SegmentError(
+                        segment.path,
+                        ref.line or None,
+                        f"segment {name!r} cannot be used: it refers to segment {ref.name!r}, "
+                        f"which has a problem ({cause.location}: {cause.detail})",
+                    )
+                    changed = True
+                    break
+
+
+def _cycles(segments: Mapping[str, Segment]) -> list[tuple[SegmentError, list[str]]]:
+    """One error per cycle, at the ``segment:`` line that closes it, with the cycle's members."""
     problems = []
     state: dict[str, str] = {}  # "active" while on the path, "done" after
     reported: set[frozenset[str]] = set()
@@ -122,13 +193,12 @@ def _cycles(segments: Mapping[str, Segment]) -> list[SegmentError]:
                 if frozenset(cycle) not in reported:
                     reported.add(frozenset(cycle))
                     chain = " → ".join([*cycle, ref.name])
-                    problems.append(
-                        SegmentError(
-                            segments[name].path,
-                            ref.line or None,
-                            f"segments refer to each other in a cycle: {chain}",
-                        )
+                    error = SegmentError(
+                        segments[name].path,
+                        ref.line or None,
+                        f"segments refer to each other in a cycle: {chain}",
                     )
+                    problems.append((error, cycle))
             elif ref.name not in state:
                 visit(ref.name, [*path, ref.name])
         state[name] = "done"
