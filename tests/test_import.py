@@ -203,7 +203,7 @@ def test_cli_import_exit_codes_and_messages(project, tmp_path):
 def test_fast_sqlite_datetime_matches_sqlalchemy(value):
     from sqlalchemy.dialects import sqlite
 
-    from engine.import_rows import sqlite_datetime
+    from engine.import_columns import sqlite_datetime
 
     dialect = sqlite.dialect()
     reference = sa.DateTime().dialect_impl(dialect).bind_processor(dialect)
