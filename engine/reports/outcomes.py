@@ -8,10 +8,10 @@ from typing import Any
 
 from sqlalchemy.engine import Connection
 
+import engine.reports.queries as queries
 from engine.config import Settings
 from engine.errors import ProblemList, ReportError
 from engine.outbox import State
-from engine.reports import queries
 from engine.reports.interval import MIN_HOLDOUT, lift_interval, rate
 from engine.reports.queries import Filter, Key
 
