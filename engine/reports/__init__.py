@@ -15,6 +15,7 @@ from typing import Any
 from engine.project import Project
 from engine.reports.outcomes import COLUMNS, report_rows
 from engine.reports.queries import Filter
+from engine.reports.warmup import start_import
 
 __all__ = ["COLUMNS", "Filter", "HtmlReport", "campaign_report", "write_html_report"]
 
@@ -51,12 +52,13 @@ def write_html_report(
     locale: str | None = None,
 ) -> HtmlReport:
     """Write the self-contained HTML report to ``path``; returns its rows as well."""
-    from engine.reports.page import render_page
-
     flt = Filter(campaign=campaign, run=run, since=since, until=until)
     settings = project.settings
+    start_import("engine.reports.page")  # matplotlib: loaded while the database works
     with project.database().connect() as conn:
         rows = report_rows(conn, settings, flt)
+        from engine.reports.page import render_page
+
         html = render_page(conn, settings, flt, rows, locale or settings.project.default_locale)
     data = html.encode("utf-8")
     path.write_bytes(data)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+STATSMODELS = "statsmodels.stats.proportion"
 MIN_HOLDOUT = 30  # below this many holdout merchants the interval is too wide to conclude
 LEVEL = 0.95
 
@@ -33,7 +34,7 @@ def lift_interval(
     """The lift with its Newcombe interval; None without both a treated and a holdout group."""
     if sent <= 0 or holdout <= 0:
         return None
-    from statsmodels.stats.proportion import confint_proportions_2indep
+    from statsmodels.stats.proportion import confint_proportions_2indep  # = STATSMODELS
 
     low, high = confint_proportions_2indep(
         conversions,

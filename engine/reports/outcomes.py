@@ -12,8 +12,9 @@ import engine.reports.queries as queries
 from engine.config import Settings
 from engine.errors import ProblemList, ReportError
 from engine.outbox import State
-from engine.reports.interval import MIN_HOLDOUT, lift_interval, rate
+from engine.reports.interval import MIN_HOLDOUT, STATSMODELS, lift_interval, rate
 from engine.reports.queries import Filter, Key
+from engine.reports.warmup import start_import
 
 COLUMNS = (
     "campaign",
@@ -148,6 +149,8 @@ def report_rows(
     rows = {key: empty_row(*key) for key in _row_keys(conn, settings, flt)}
     for key, state, count in queries.state_counts(conn, flt):
         rows.setdefault(key, empty_row(*key))[_FOLD.get(state, "queued")] += count
+    if any(row["holdout"] for row in rows.values()):
+        start_import(STATSMODELS)  # needed for the lift: load it while SQL runs
     for key, state, count, revenue in queries.conversions(conn, flt, window):
         row = rows.setdefault(key, empty_row(*key))
         if state == queries.SENT:
