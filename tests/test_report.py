@@ -375,3 +375,17 @@ def test_a_broken_campaign_file_does_not_hide_the_history(shop, project_dir):
     (project_dir / "campaigns" / "winback.yaml").write_text("kind: [\n", encoding="utf-8")
     rows = campaign_report(shop)
     assert [r["step"] for r in rows if r["campaign"] == "winback"] == [1, 2]
+
+
+def test_a_bad_attribution_window_names_file_line_and_key(tmp_path):
+    from engine.config import load_settings
+    from engine.errors import SettingsError
+
+    write_files(tmp_path, {"campaign.toml": '[project]\n\n[reports]\nattribution_window = "0d"\n'})
+    with pytest.raises(SettingsError) as caught:
+        load_settings(tmp_path, env={})
+    assert str(caught.value).startswith(
+        f"{tmp_path / 'campaign.toml'}:4: reports.attribution_window: "
+    )
+    write_files(tmp_path, {"campaign.toml": '[reports]\nattribution_window = "36h"\n'})
+    assert load_settings(tmp_path, env={}).reports.attribution_window == timedelta(hours=36)
