@@ -14,6 +14,7 @@ from engine.errors import ReportError
 from engine.times import parse_timestamp
 
 # The table shows what fits a laptop terminal; json and csv carry every column.
+# lift_ci is the 95% interval of the lift, in points, as one cell.
 TABLE_COLUMNS = (
     "campaign",
     "run",
@@ -25,6 +26,7 @@ TABLE_COLUMNS = (
     "conversion_rate",
     "holdout_conversion_rate",
     "lift",
+    "lift_ci",
     "revenue",
     "unsubscribes",
 )
@@ -39,7 +41,12 @@ def _time(option: str, value: str | None) -> datetime | None:
         raise ReportError(f"{option} {value!r} is not an ISO 8601 time (e.g. 2026-12-01)") from None
 
 
-def _cell(column: str, value) -> str:
+def _cell(row: dict, column: str) -> str:
+    if column == "lift_ci":
+        if row["lift_ci_low"] is None:
+            return ""
+        return f"{row['lift_ci_low'] * 100:+.1f} to {row['lift_ci_high'] * 100:+.1f}"
+    value = row[column]
     if value is None:
         return ""
     if column.endswith("rate"):
@@ -97,7 +104,7 @@ def report(
         print_csv(rows, COLUMNS)
     else:
         print_table(
-            [[_cell(c, r[c]) for c in TABLE_COLUMNS] for r in rows],
+            [[_cell(r, c) for c in TABLE_COLUMNS] for r in rows],
             TABLE_COLUMNS,
             title="campaign report",
         )
