@@ -8,7 +8,7 @@ import pytest
 from browser import CHROMIUM, open_page
 from click.testing import CliRunner
 from conftest import write_files
-from test_report import FILES, hand_made
+from test_report import FILES, T0, hand_made
 
 from engine.cli import cli
 from engine.project import open_project
@@ -17,10 +17,32 @@ from engine.reports import write_html_report
 NAMESPACES = {"http://www.w3.org/2000/svg", "http://www.w3.org/1999/xlink"}  # names, not fetched
 
 
+def add_bounce(engine) -> None:
+    """The failed message of merchant 9 was refused: one attempt with the server's reply."""
+    import sqlalchemy as sa
+
+    from engine.models import attempts, messages
+
+    with engine.begin() as conn:
+        failed = conn.execute(sa.select(messages.c.id).where(messages.c.state == "failed")).scalar()
+        conn.execute(
+            attempts.insert(),
+            {
+                "message_id": failed,
+                "at": T0,
+                "smtp_code": 550,
+                "enhanced_status": "5.1.1",
+                "reply": "5.1.1 <m9@toko.id>: Recipient address rejected",
+                "outcome": "bounced",
+            },
+        )
+
+
 @pytest.fixture
 def shop(project, project_dir):
     write_files(project_dir, FILES)
     hand_made(project.engine)
+    add_bounce(project.engine)
     return project
 
 
@@ -61,6 +83,7 @@ def test_html_report_in_english_and_indonesian(shop, project_dir, project_env, t
     assert "there is no control group, so no lift can be measured" in html  # promo
     assert "winback (step 3): nothing sent yet" in html
     assert "550 5.1.1 no such user" in html  # the failure reason of merchant 9
+    assert "5.1.1 &lt;m9@toko.id&gt;: Recipient address rejected" in html  # and the reply
 
     result = runner.invoke(
         cli, ["report", "--html", str(out), "--locale", "id", *base], env=project_env
