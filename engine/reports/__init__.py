@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.project import Project
-from engine.reports.outcomes import COLUMNS, report_rows
+from engine.reports.outcomes import COLUMNS, collect, report_rows
 from engine.reports.queries import Filter
 from engine.reports.warmup import start_import
 
@@ -56,10 +56,11 @@ def write_html_report(
     settings = project.settings
     start_import("engine.reports.page")  # matplotlib: loaded while the database works
     with project.database().connect() as conn:
-        rows = report_rows(conn, settings, flt)
+        outcomes = collect(conn, settings, flt)
         from engine.reports.page import render_page
 
-        html = render_page(conn, settings, flt, rows, locale or settings.project.default_locale)
+        locale = locale or settings.project.default_locale
+        html = render_page(conn, settings, flt, outcomes, locale)
     data = html.encode("utf-8")
     path.write_bytes(data)
-    return HtmlReport(path=path, size=len(data), rows=rows)
+    return HtmlReport(path=path, size=len(data), rows=outcomes.rows)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -141,22 +142,34 @@ def _ever_sent(conn: Connection, campaign: str) -> bool:
     return bool(queries.shapes(conn, Filter(campaign=campaign)))
 
 
-def report_rows(
+@dataclass
+class Outcomes:
+    """The report's rows, and the conversions of merchants written to per campaign and day."""
+
+    rows: list[dict[str, Any]]
+    converted_per_day: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+def collect(
     conn: Connection, settings: Settings, flt: Filter, window: timedelta | None = None
-) -> list[dict[str, Any]]:
-    """The report's rows for a filter, every count computed by the database."""
+) -> Outcomes:
+    """The report for a filter, every count computed by the database."""
     window = settings.reports.attribution_window if window is None else window
     rows = {key: empty_row(*key) for key in _row_keys(conn, settings, flt)}
     for key, state, count in queries.state_counts(conn, flt):
         rows.setdefault(key, empty_row(*key))[_FOLD.get(state, "queued")] += count
     if any(row["holdout"] for row in rows.values()):
         start_import(STATSMODELS)  # needed for the lift: load it while SQL runs
-    for key, state, count, revenue in queries.conversions(conn, flt, window):
+    daily: dict[str, dict[str, int]] = {}
+    for key, state, day, count, revenue in queries.conversions(conn, flt, window):
         row = rows.setdefault(key, empty_row(*key))
         if state == queries.SENT:
-            row["conversions"], row["revenue"] = count, revenue
+            row["conversions"] += count
+            row["revenue"] += revenue
+            per_day = daily.setdefault(key[0], {})
+            per_day[day] = per_day.get(day, 0) + count
         else:
-            row["holdout_conversions"] = count
+            row["holdout_conversions"] += count
     for key, count in queries.unsubscribes(conn, flt, window):
         rows.setdefault(key, empty_row(*key))["unsubscribes"] = count
     for extra in (engagement_counts(conn, flt), drip_progress_counts(conn, flt)):
@@ -165,7 +178,14 @@ def report_rows(
                 rows[key].update(counts)
     for row in rows.values():
         _add_rates(row)
-    return list(rows.values())
+    return Outcomes(list(rows.values()), daily)
+
+
+def report_rows(
+    conn: Connection, settings: Settings, flt: Filter, window: timedelta | None = None
+) -> list[dict[str, Any]]:
+    """The report's rows for a filter (SPEC 8's JSON form)."""
+    return collect(conn, settings, flt, window).rows
 
 
 def _add_rates(row: dict[str, Any]) -> None:

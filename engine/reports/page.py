@@ -18,7 +18,7 @@ import engine.reports.queries as queries
 from engine.config import Settings
 from engine.formatting import number, rupiah
 from engine.reports.interval import MIN_HOLDOUT
-from engine.reports.outcomes import rows_by_campaign
+from engine.reports.outcomes import Outcomes, rows_by_campaign
 from engine.reports.queries import Filter
 
 TOP = 5  # failure and bounce reasons shown per campaign
@@ -332,18 +332,16 @@ def _campaign_section(
     return "".join(parts)
 
 
-def _extras(conn: Connection, flt: Filter, window: timedelta) -> dict[str, Any]:
-    """Per-day series and reasons, grouped by campaign (four aggregate queries)."""
+def _extras(conn: Connection, flt: Filter, outcomes: Outcomes) -> dict[str, Any]:
+    """Per-day series and reasons, grouped by campaign (three aggregate queries)."""
     out: dict[str, Any] = {
         "sent_per_day": {},
-        "converted_per_day": {},
+        "converted_per_day": outcomes.converted_per_day,
         "failures": {},
         "bounces": {},
     }
     for campaign, day, count in queries.sent_per_day(conn, flt):
         out["sent_per_day"].setdefault(campaign, {})[day] = count
-    for campaign, day, count in queries.conversions_per_day(conn, flt, window):
-        out["converted_per_day"].setdefault(campaign, {})[day] = count
     for campaign, state, error, count in queries.failure_reasons(conn, flt):
         out["failures"].setdefault(campaign, []).append((state, error, count))
     for campaign, code, reply, count in queries.bounce_reasons(conn, flt):
@@ -352,13 +350,13 @@ def _extras(conn: Connection, flt: Filter, window: timedelta) -> dict[str, Any]:
 
 
 def render_page(
-    conn: Connection, settings: Settings, flt: Filter, rows: list[dict[str, Any]], locale: str
+    conn: Connection, settings: Settings, flt: Filter, outcomes: Outcomes, locale: str
 ) -> str:
     """The whole report page as HTML text."""
     t = TEXT.get(locale, TEXT["en"])
-    window = settings.reports.attribution_window
-    words = _window_words(window, t)
-    extras = _extras(conn, flt, window)
+    words = _window_words(settings.reports.attribution_window, t)
+    extras = _extras(conn, flt, outcomes)
+    rows = outcomes.rows
     since = flt.since.isoformat(sep=" ") if flt.since else t["start"]
     until = flt.until.isoformat(sep=" ") if flt.until else t["end"]
     head = (

@@ -152,19 +152,25 @@ def _converted(conn: Connection, flt: Filter, window: timedelta) -> sa.Subquery:
 
 def conversions(
     conn: Connection, flt: Filter, window: timedelta
-) -> Iterator[tuple[Key, str, int, int]]:
-    """(key, state, converted merchants, revenue) for state ``sent`` and ``holdout``."""
+) -> Iterator[tuple[Key, str, str, int, int]]:
+    """(key, state, day, converted merchants, revenue) for ``sent`` and ``holdout`` rows.
+
+    ``day`` is the UTC day of each merchant's first order in the window: the report adds
+    the days up, the HTML report also draws them, from this one query.
+    """
     c = _converted(conn, flt, window)
+    day = _day(conn, c.c.first_at)
     query = sa.select(
         c.c.campaign,
         c.c.run,
         c.c.step,
         c.c.state,
+        day,
         sa.func.count(),
         sa.func.coalesce(sa.func.sum(c.c.revenue), 0),
-    ).group_by(c.c.campaign, c.c.run, c.c.step, c.c.state)
-    for campaign, run, step, state, count, revenue in conn.execute(query):
-        yield (campaign, run, step), state, int(count), int(revenue)
+    ).group_by(c.c.campaign, c.c.run, c.c.step, c.c.state, day)
+    for campaign, run, step, state, at, count, revenue in conn.execute(query):
+        yield (campaign, run, step), state, str(at), int(count), int(revenue)
 
 
 def unsubscribes(conn: Connection, flt: Filter, window: timedelta) -> Iterator[tuple[Key, int]]:
@@ -197,21 +203,6 @@ def sent_per_day(conn: Connection, flt: Filter) -> Iterator[tuple[str, str, int]
         sa.select(messages.c.campaign, day, sa.func.count())
         .where(messages.c.state == SENT, *_where(flt))
         .group_by(messages.c.campaign, day)
-    )
-    for campaign, at, count in conn.execute(query):
-        yield campaign, str(at), int(count)
-
-
-def conversions_per_day(
-    conn: Connection, flt: Filter, window: timedelta
-) -> Iterator[tuple[str, str, int]]:
-    """(campaign, 'YYYY-MM-DD', merchants written to whose first order in the window fell that day)."""
-    c = _converted(conn, flt, window)
-    day = _day(conn, c.c.first_at)
-    query = (
-        sa.select(c.c.campaign, day, sa.func.count())
-        .where(c.c.state == SENT)
-        .group_by(c.c.campaign, day)
     )
     for campaign, at, count in conn.execute(query):
         yield campaign, str(at), int(count)
