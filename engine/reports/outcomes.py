@@ -101,10 +101,14 @@ def _definition_shapes(settings: Settings, name: str, run: str | None) -> list[K
     return [(name, run or MANUAL_RUN, None)]
 
 
-def _row_keys(conn: Connection, settings: Settings, flt: Filter) -> list[Key]:
-    """Every row the report shows, in order: campaign, then drip step or run by first use."""
-    known = queries.shapes(conn, flt)
-    keys = {key: first for key, first in known}
+def _row_keys(
+    conn: Connection, settings: Settings, flt: Filter, known: Mapping[Key, datetime]
+) -> list[Key]:
+    """Every row the report shows, in order: campaign, then drip step or run by first use.
+
+    ``known``: the rows the outbox holds, with their first message.
+    """
+    keys = dict(known)
     drips = sorted({key[0] for key in keys if key[2] is not None})
     if flt.campaign is not None:
         try:
@@ -155,9 +159,12 @@ def collect(
 ) -> Outcomes:
     """The report for a filter, every count computed by the database."""
     window = settings.reports.attribution_window if window is None else window
-    rows = {key: empty_row(*key) for key in _row_keys(conn, settings, flt)}
-    for key, state, count in queries.state_counts(conn, flt):
-        rows.setdefault(key, empty_row(*key))[_FOLD.get(state, "queued")] += count
+    counted = list(queries.state_counts(conn, flt))
+    known = {key: first for key, first, _ in counted}
+    rows = {key: empty_row(*key) for key in _row_keys(conn, settings, flt, known)}
+    for key, _first, by_state in counted:
+        for state, count in by_state.items():
+            rows[key][_FOLD.get(state, "queued")] += count
     if any(row["holdout"] for row in rows.values()):
         start_import(STATSMODELS)  # needed for the lift: load it while SQL runs
     daily: dict[str, dict[str, int]] = {}
