@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -110,6 +111,7 @@ SELECT CASE WHEN r1 % 100 < 97 THEN 1 + r2 % max(1, :n / 10) ELSE 1 + r2 % :n EN
   CASE r3 % 20 WHEN 0 THEN 'cancelled' WHEN 1 THEN 'refunded' ELSE 'paid' END,
   {_at("r1 / 100 % 31536000 - 28512000")}
 FROM r
+ORDER BY 1  -- by merchant: the (merchant_id, ...) indexes grow at their end, not at random
 """
 
 # The effect of the emails: 4% of merchants written to in step 1 order again 1-6 days later.
@@ -141,6 +143,8 @@ def build(folder: Path, merchants: int, orders: int) -> float:
     ensure_schema(engine)
     with engine.begin() as conn:
         conn.execute(sa.text("PRAGMA synchronous = OFF"))
+        # Index pages stay in memory while 10M rows go in (the default cache is 2 MB).
+        conn.execute(sa.text("PRAGMA cache_size = -2000000"))
         conn.execute(sa.text(MERCHANTS), {"n": merchants})
         for step, delay, share in ((1, 0, 10), (2, 3 * 86400, 6), (3, 10 * 86400, 3)):
             conn.execute(
@@ -156,9 +160,15 @@ def build(folder: Path, merchants: int, orders: int) -> float:
     return time.perf_counter() - started
 
 
-def run(folder: Path, *args: str) -> tuple[float, str]:
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run(folder: Path, *args: str) -> tuple[float, float, str]:
+    """Wall and CPU seconds of one ``campaign report`` process, and what it printed."""
     env = {**os.environ, "CAMPAIGN_DATABASE_URL": f"sqlite:///{folder / 'campaign.db'}"}
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), _children_cpu()
     done = subprocess.run(
         [str(CAMPAIGN), "report", *args, "--project", str(folder)],
         capture_output=True,
@@ -166,19 +176,19 @@ def run(folder: Path, *args: str) -> tuple[float, str]:
         env=env,
         check=True,
     )
-    return time.perf_counter() - started, done.stdout
+    return time.perf_counter() - started, _children_cpu() - cpu, done.stdout
 
 
-def baseline(folder: Path) -> float:
+def baseline(folder: Path) -> tuple[float, float]:
     """The outbox's counts by campaign, step, run and state: what the report did before."""
     engine = make_engine(f"sqlite:///{folder / 'campaign.db'}")
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     with engine.connect() as conn:
         conn.execute(
             sa.text("SELECT campaign, step, run, state, count(*) FROM messages GROUP BY 1, 2, 3, 4")
         ).all()
     engine.dispose()
-    return time.perf_counter() - started
+    return time.perf_counter() - started, time.process_time() - cpu
 
 
 def main() -> None:
@@ -196,11 +206,11 @@ def main() -> None:
         if not args.reuse:
             seconds = build(folder, args.merchants, args.orders)
             print(f"built {args.merchants:,} merchants, {args.orders:,} orders in {seconds:.1f} s")
-        base = baseline(folder)
-        json_s, out = run(folder, "--format", "json")
+        base, base_cpu = baseline(folder)
+        json_s, json_cpu, out = run(folder, "--format", "json")
         rows = json.loads(out)
         html = folder / "report.html"
-        html_s, _ = run(folder, "--format", "json", "--html", str(html), "--locale", "en")
+        html_s, html_cpu, _ = run(folder, "--format", "json", "--html", str(html), "--locale", "en")
         step1 = next(r for r in rows if r["campaign"] == "winback-dormant" and r["step"] == 1)
         print(
             f"winback-dormant step 1: sent {step1['sent']:,}, holdout {step1['holdout']:,}, "
@@ -209,13 +219,15 @@ def main() -> None:
             f"lift {step1['lift'] * 100:+.2f} points (95% CI {step1['lift_ci_low'] * 100:+.2f} "
             f"to {step1['lift_ci_high'] * 100:+.2f}), revenue Rp{step1['revenue']:,}"
         )
-        print(f"baseline (message counts only, in process): {base:.2f} s")
+        # CPU seconds as well: on a shared machine the wall clock also counts the others' work.
+        print(f"baseline (message counts only, in process): {base:.2f} s, {base_cpu:.2f} s CPU")
         print(
-            f"report --format json: {json_s:.2f} s (target < 10 s), {json_s / base:.1f}x the baseline"
+            f"report --format json: {json_s:.2f} s, {json_cpu:.2f} s CPU (target < 10 s), "
+            f"{json_s / base:.1f}x the baseline"
         )
         print(
-            f"report --html: {html_s:.2f} s (target < 20 s), {html.stat().st_size / 1024:.0f} KB, "
-            f"{html_s / base:.1f}x the baseline"
+            f"report --html: {html_s:.2f} s, {html_cpu:.2f} s CPU (target < 20 s), "
+            f"{html.stat().st_size / 1024:.0f} KB, {html_s / base:.1f}x the baseline"
         )
     finally:
         if args.keep is None:
