@@ -118,6 +118,13 @@ class DkimSettings:
 
 
 @dataclass(frozen=True)
+class ReportSettings:
+    # How long after a send (or the moment a holdout member would have been sent to) an
+    # order still counts as a conversion.
+    attribution_window: timedelta = timedelta(days=7)
+
+
+@dataclass(frozen=True)
 class Settings:
     project_dir: Path
     database_url: str
@@ -127,6 +134,7 @@ class Settings:
     limits: LimitsSettings = field(default_factory=LimitsSettings)
     unsubscribe: UnsubscribeSettings = field(default_factory=UnsubscribeSettings)
     dkim: DkimSettings = field(default_factory=DkimSettings)
+    reports: ReportSettings = field(default_factory=ReportSettings)
     smtp: SmtpSettings | None = None
     secret_key: Secret | None = None
 
@@ -359,7 +367,7 @@ def load_settings(project_dir: Path | str = ".", env: Mapping[str, str] | None =
                 raise SettingsError(f"{path}:{where.group(1)}: not valid TOML: {message}") from None
             raise SettingsError(f"{path}: not valid TOML: {message}") from None
 
-    sections = ("project", "delivery", "scheduler", "limits", "unsubscribe", "dkim")
+    sections = ("project", "delivery", "scheduler", "limits", "unsubscribe", "dkim", "reports")
     for name in data:
         if name not in sections:
             raise _Reader(path, text, name, {}).fail(
@@ -418,6 +426,12 @@ def load_settings(project_dir: Path | str = ".", env: Mapping[str, str] | None =
         selector=r.get("selector", _text, None),
         key_file=env.get("CAMPAIGN_DKIM_KEY_FILE") or None,
     )
+    r = reader("reports", ("attribution_window",))
+    reports = ReportSettings(
+        attribution_window=r.get(
+            "attribution_window", _positive_duration, ReportSettings().attribution_window
+        )
+    )
 
     if env.get("CAMPAIGN_BASE_URL"):
         try:
@@ -454,6 +468,7 @@ def load_settings(project_dir: Path | str = ".", env: Mapping[str, str] | None =
         limits=limits,
         unsubscribe=unsubscribe,
         dkim=dkim,
+        reports=reports,
         smtp=smtp,
         secret_key=secret,
     )

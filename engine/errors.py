@@ -16,7 +16,8 @@ escapes is a bug of ours and keeps its traceback::
     ├── HeaderError          a value that would reach a mail header is unsafe
     ├── SuppressionError     a suppression entry is wrong (address, topic)
     ├── TokenError           an unsubscribe token is malformed, forged or of an unknown key
-    └── DeliveryError        the SMTP server or the outbox refuses the work
+    ├── DeliveryError        the SMTP server or the outbox refuses the work
+    └── ReportError          a report cannot be made (unknown campaign, bad --since/--until)
 """
 
 from __future__ import annotations
@@ -104,3 +105,7 @@ class ProblemList(CampaignError):
 
     def __reduce__(self):
         return (type(self), (self.problems,))
+
+
+class ReportError(CampaignError):
+    pass

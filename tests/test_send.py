@@ -198,7 +198,7 @@ def test_holdout_is_recorded_and_never_emailed(shop, smtp_server):
     held = {i for i in range(1, COUNT + 1) if in_holdout("tips", i, 0.2)}
     assert report.skipped["holdout"] == len(held) > 0
     assert not {f"m{i}@example.id" for i in held} & set(smtp_server.recipients())
-    (row,) = campaign_report(shop.engine, "tips")
+    (row,) = campaign_report(shop, "tips")
     assert row["holdout"] == len(held)
     assert row["sent"] + row["failed"] == COUNT - len(held)
 

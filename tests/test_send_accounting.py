@@ -213,11 +213,11 @@ def test_suppressed_members_are_recorded_for_the_report(shop, smtp_server):  # n
         )
     assert "unsubscribe" in rows["m1@example.id"] and "hard_bounce" in rows["m2@example.id"]
     assert not {"m1@example.id", "m2@example.id"} & set(smtp_server.recipients())
-    (row,) = campaign_report(shop.engine, "news")
+    (row,) = campaign_report(shop, "news")
     assert row["suppressed"] == 2 and row["sent"] == COUNT - 3
     again = balanced(send_campaign(shop, "news"))  # recorded once: the key stays unique
     assert again.skipped["suppressed"] == 2 and again.enqueued == 0
-    (row,) = campaign_report(shop.engine, "news")
+    (row,) = campaign_report(shop, "news")
     assert row["suppressed"] == 2
 
 

@@ -1,4 +1,4 @@
-"""Commands for delivery: ``send``, ``retry --unknown``, ``suppress`` and ``report``."""
+"""Commands for delivery: ``send``, ``retry --unknown`` and ``suppress``."""
 
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ from engine.cli.main import (
     project_option,
 )
 from engine.cli.output import echo_err, print_csv, print_json, print_table, progress_bar
-from engine.errors import CampaignError
 
 SAMPLE = 10  # recipients shown in the table form of a dry run
 
@@ -236,35 +235,4 @@ def suppress_list(
     else:
         print_table(
             [[r[c] for c in columns] for r in rows], columns, title=f"{len(rows)} suppressed"
-        )
-
-
-@cli.command()
-@click.argument("campaign", required=False)
-@format_option("table", "json", "csv")
-@project_option
-def report(campaign: str | None, output_format: str, project_dir: Path) -> None:
-    """Outcomes per campaign and step (conversions and lift come later: 0 / empty for now)."""
-    from engine.reports import COLUMNS, campaign_report
-
-    project = load_project(project_dir)
-    rows = campaign_report(project.database(), campaign)
-    if campaign is not None and not rows:
-        path = project.settings.campaigns_dir / f"{campaign}.yaml"
-        if not path.is_file():
-            # A typo must not read as "not sent yet"; a deleted campaign's history still reports.
-            raise CampaignError(
-                f"no campaign named {campaign!r}: there is no {path} and nothing was sent under that name"
-            )
-        raise CampaignError(f"nothing has been sent for campaign {campaign!r} yet")
-    if output_format == "json":
-        print_json(rows)
-    elif output_format == "csv":
-        print_csv(rows, COLUMNS)
-    else:
-        shown = COLUMNS[:9]
-        print_table(
-            [["" if r[c] is None else r[c] for c in shown] for r in rows],
-            shown,
-            title="campaign report",
         )
