@@ -21,7 +21,7 @@ from engine.models import suppressions
 from engine.times import utcnow
 
 ALL_TOPICS = "*"
-REASONS = ("unsubscribe", "hard_bounce", "complaint", "manual")
+REASONS = ("unsubscribe", "hard_bounce", "soft_bounce", "complaint", "manual")
 
 
 def check_topic(topic: str | None) -> str:

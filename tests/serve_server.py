@@ -55,16 +55,26 @@ def add_merchant(engine, merchant_id: int, **values) -> int:
 
 def add_message(engine, merchant_id: int, *, key: str, campaign: str = "winback", step: int | None = 1,
                 run: str | None = None, message_id: str | None = None, topic: str = "retention",
-                email: str | None = None, at: datetime = datetime(2026, 12, 1, 3)) -> int:  # fmt: skip
+                email: str | None = None, at: datetime = datetime(2026, 12, 1, 3),
+                row_id: int | None = None) -> int:  # fmt: skip
     """A sent message in the outbox (as the delivery layer leaves it)."""
     values = {
         "key": key, "campaign": campaign, "step": step, "run": run, "topic": topic,
-        "merchant_id": merchant_id, "email": email or f"seller{merchant_id}@contoh.id",
+        "merchant_id": merchant_id, "email": email or _email_of(engine, merchant_id),
         "sender": "success@tokoku.id", "subject": "Halo", "state": "sent", "attempts": 1,
         "message_id": message_id, "created_at": at, "updated_at": at, "sent_at": at,
     }  # fmt: skip
+    if row_id is not None:
+        values["id"] = row_id
     with engine.begin() as conn:
         return conn.execute(messages.insert().values(**values).returning(messages.c.id)).scalar()
+
+
+def _email_of(engine, merchant_id: int) -> str:
+    with engine.connect() as conn:
+        return conn.execute(
+            sa.select(merchants.c.email).where(merchants.c.id == merchant_id)
+        ).scalar()
 
 
 def table_rows(engine, table) -> list[dict]:
