@@ -28,12 +28,20 @@ from engine.clock import SystemClock, clock_for
     show_default=True,
     help="Port to listen on.",
 )
+@click.option(
+    "--access-log/--no-access-log", default=True, show_default=True, help="Log each request."
+)
 @project_option
-def serve(host: str, port: int, project_dir: Path) -> None:
-    """Answer one-click unsubscribes, the preference page, click redirects and the events API."""
+def serve(host: str, port: int, access_log: bool, project_dir: Path) -> None:
+    """Answer one-click unsubscribes, the preference page, click redirects and the events API.
+
+    Meant to run behind an HTTPS reverse proxy at CAMPAIGN_BASE_URL; needs
+    CAMPAIGN_SECRET_KEY (the key the links were signed with). The events API is
+    on when CAMPAIGN_API_TOKEN is set.
+    """
     from engine.serve.server import serve as run_server  # starlette and uvicorn load only here
 
-    run_server(load_project(project_dir), SystemClock(), host=host, port=port)
+    run_server(load_project(project_dir), SystemClock(), host=host, port=port, log=access_log)
 
 
 @cli.group()

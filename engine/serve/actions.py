@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
-from engine.db import dialect_insert, write_transaction
+from engine.db import dialect_insert, is_sqlite, write_transaction
+from engine.import_rows import sqlite_datetime
 from engine.links import Click
 from engine.models import clicks, merchants, messages, suppressions
-from engine.suppressions import ALL_TOPICS, suppress_in
+from engine.suppressions import ALL_TOPICS
 from engine.unsubscribe import Unsubscribe
 
 WEB_REASON = "unsubscribe"  # the only reason a web page may lift again (never a bounce)
@@ -28,20 +30,73 @@ class Recipient:
     locale: str
 
 
+class Prepared:
+    """A statement compiled once for the engine's dialect, run through the driver directly.
+
+    The unsubscribe page and the one-click POST are the hot path of ``campaign
+    serve``: building and caching a SQLAlchemy statement per request cost more
+    than the query itself.
+    """
+
+    def __init__(self, engine: Engine, statement: sa.sql.ClauseElement) -> None:
+        compiled = statement.compile(dialect=engine.dialect)
+        self.sql = str(compiled)
+        self.names = tuple(compiled.positiontup) if compiled.positional else None
+
+    def run(self, conn: Connection, **params: Any):
+        if self.names is None:
+            return conn.exec_driver_sql(self.sql, params)
+        return conn.exec_driver_sql(self.sql, tuple(params[n] for n in self.names))
+
+
+class Statements:
+    """The prepared statements of the hot path, for one engine."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.recipient = Prepared(
+            engine,
+            sa.select(
+                merchants.c.id,
+                merchants.c.email,
+                merchants.c.store_name,
+                merchants.c.name,
+                merchants.c.locale,
+            ).where(merchants.c.id == sa.bindparam("merchant_id")),
+        )
+        # The same row as engine.suppressions.suppress_in writes.
+        self.suppress = Prepared(
+            engine,
+            dialect_insert(engine)(suppressions)
+            .values(
+                email=sa.bindparam("email"),
+                topic=sa.bindparam("topic"),
+                reason=sa.bindparam("reason"),
+                source=sa.bindparam("source"),
+                created_at=sa.bindparam("created_at", type_=sa.DateTime()),
+            )
+            .on_conflict_do_nothing(index_elements=["email", "topic"])
+            .returning(suppressions.c.id),
+        )
+        self.sqlite = is_sqlite(engine)
+
+
+_STATEMENTS: dict[int, Statements] = {}
+
+
+def statements(engine: Engine) -> Statements:
+    found = _STATEMENTS.get(id(engine))
+    if found is None:
+        found = _STATEMENTS[id(engine)] = Statements(engine)
+    return found
+
+
 def recipient(engine: Engine, merchant_id: int) -> Recipient | None:
     """The merchant of a token, or None when there is no such merchant (any more)."""
-    query = sa.select(
-        merchants.c.id,
-        merchants.c.email,
-        merchants.c.store_name,
-        merchants.c.name,
-        merchants.c.locale,
-    ).where(merchants.c.id == merchant_id)
     with engine.connect() as conn:
-        row = conn.execute(query).first()
+        row = statements(engine).recipient.run(conn, merchant_id=merchant_id).first()
     if row is None:
         return None
-    return Recipient(row.id, row.email.strip().lower(), row.store_name, row.name, row.locale)
+    return Recipient(row[0], row[1].strip().lower(), row[2], row[3], row[4])
 
 
 def scopes(request: Unsubscribe, everything: bool) -> list[str]:
@@ -59,9 +114,13 @@ def unsubscribe(
     now: datetime,
 ) -> bool:
     """Suppress the merchant for the token's topic (or everything); False when it already was."""
-    topic = ALL_TOPICS if everything else request.topic
+    prepared = statements(engine)
+    # The driver gets what SQLAlchemy's DateTime would give it: ISO text on SQLite.
+    created_at = sqlite_datetime(now) if prepared.sqlite else now
+    values = {"email": who.email, "topic": ALL_TOPICS if everything else request.topic,
+              "reason": WEB_REASON, "source": source[:200], "created_at": created_at}  # fmt: skip
     with write_transaction(engine) as conn:
-        return suppress_in(conn, who.email, topic=topic, reason=WEB_REASON, source=source, now=now)
+        return prepared.suppress.run(conn, **values).first() is not None
 
 
 def resubscribe(engine: Engine, who: Recipient, request: Unsubscribe, *, everything: bool) -> int:

@@ -11,12 +11,14 @@ from __future__ import annotations
 import hmac
 import json
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 from urllib.parse import parse_qsl
 
+import anyio
+import anyio.to_thread
 from sqlalchemy.engine import Engine
 from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import (
     HTMLResponse,
@@ -140,8 +142,13 @@ def create_app(engine: Engine, settings: Settings, clock: Clock) -> ASGIApp:
         raise TokenError("CAMPAIGN_SECRET_KEY is not set: campaign serve cannot check any link")
     api_token = settings.api_token.reveal().encode() if settings.api_token else None
 
+    # No more threads at the database than the pool has connections: beyond that, threads
+    # wait for a connection or open and close overflow ones, which cost more than the query.
+    pool_size = getattr(engine.pool, "size", None)
+    limiter = anyio.CapacityLimiter(pool_size() if callable(pool_size) else 5)
+
     def run(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Awaitable[Any]:
-        return run_in_threadpool(func, *args, **kwargs)
+        return anyio.to_thread.run_sync(partial(func, *args, **kwargs), limiter=limiter)
 
     async def unsubscribe(request: Request) -> Response:
         try:

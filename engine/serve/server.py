@@ -34,9 +34,9 @@ def make_server(
     return uvicorn.Server(config)
 
 
-def serve(project: Project, clock: Clock, *, host: str, port: int) -> None:
+def serve(project: Project, clock: Clock, *, host: str, port: int, log: bool = True) -> None:
     """Answer requests until stopped (Ctrl-C or SIGTERM)."""
-    make_server(project, clock, host=host, port=port).run()
+    make_server(project, clock, host=host, port=port, log=log).run()
 
 
 def bound_socket(host: str, port: int) -> socket.socket:
