@@ -1,400 +1,166 @@
-"""Reading and validating import files, row by row; no database here.
+"""Reading import files and in-memory records into batches of rows; no database here.
 
-Each kind (merchants, orders, activities) is a list of columns with a converter
-that turns the value as read into the value stored, or raises ``RowError`` with
-the reason. The stored forms depend a little on the database: SQLite stores
-timestamps and JSON as text, PostgreSQL gets ``datetime`` objects and dicts.
-
-Validation runs for every cell of files of a million rows, so each column set a
-file gives also gets a check generated for it (``compile_fast_check``): straight
-code for the common case that any surprise sends back to the plain converters,
-which name the problem. Both must agree; ``tests/test_import_rows.py`` checks it.
+A reader gives each row as ``(line, columns, values)``, or ``(line, None,
+RowError)`` for a row it cannot use; ``BatchValidator`` then checks the values
+with the converters of ``engine.import_columns``. Every problem of one row,
+including bytes that are not UTF-8 and text a database cannot store (a NUL),
+makes that row a rejected row: the only whole-file errors are those of the
+header, found before anything is written.
 
 The module imports nothing heavy on purpose: a parallel import runs it as a
-second process (``main``) that reads the file and
-validates half of the batches while the first process writes.
+second process (``main``) that reads the file and validates half of the
+batches while the first process writes.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import gc
-import json
+import io
 import marshal
 import pickle
 import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
-from functools import cache
 from pathlib import Path
-from typing import Any, BinaryIO
-from zoneinfo import available_timezones
+from typing import Any, BinaryIO, ClassVar
 
-from engine.addresses import EMAIL_PATTERN, normalize_email
-from engine.config import LOCALES
 from engine.errors import DataImportError
+from engine.import_columns import (
+    SCHEMAS,
+    Columns,
+    Kind,
+    RowError,
+    RowPlan,
+    compile_fast_check,
+    loads,
+    missing_required,
+    text_problem,
+)
 
-KINDS = ("merchants", "orders", "activities")
-ORDER_STATUSES = ("paid", "cancelled", "refunded")
 MAX_REPORTED = 20
-
-
-class RowError(ValueError):
-    """One row is wrong; the message says why."""
 
 
 @dataclass(frozen=True)
 class RejectedRow:
+    """A line of the file and what is wrong with it (or, for a warning, what to know)."""
+
     line: int
     reason: str
 
 
 @dataclass
 class ImportReport:
+    """What an import did: rows read, imported (each key once), rejected and warned about."""
+
+    unit: ClassVar[str] = "line"  # how ``engine.import_write`` names a row in a sentence
     kind: str
     path: Path
     read: int = 0
     imported: int = 0
     rejected_count: int = 0
     rejected: list[RejectedRow] = field(default_factory=list)
+    warning_count: int = 0
+    warnings: list[RejectedRow] = field(default_factory=list)
 
     def reject(self, line: int, reason: str) -> None:
         self.rejected_count += 1
         if len(self.rejected) < MAX_REPORTED:
             self.rejected.append(RejectedRow(line, reason))
 
+    def warn(self, line: int, reason: str) -> None:
+        self.warning_count += 1
+        if len(self.warnings) < MAX_REPORTED:
+            self.warnings.append(RejectedRow(line, reason))
+
     @property
     def ok(self) -> bool:
         return self.rejected_count == 0
 
 
-# --- field converters: each takes the raw value and returns the stored one ----
+# --- decoding: a byte that is not UTF-8 spoils its row, not the file ---------
+
+# How many runs of undecodable bytes have been read, by every reader of this
+# process. A reader compares it with its value at the start: rows need the
+# (slower) text check only once it has moved, which a clean file never does.
+_UNDECODABLE = [0]
 
 
-def _text(limit: int) -> Callable[[Any], str | None]:
-    def convert(value: Any) -> str | None:
-        if value is None:
-            return None
-        if not isinstance(value, str | int):
-            raise RowError(f"expected text, got {type(value).__name__}")
-        value = str(value)
-        if len(value) > limit:
-            raise RowError(f"longer than {limit} characters")
-        return value.strip() or None
-
-    return convert
+def _note_undecodable(exc: UnicodeError) -> tuple[str, int]:
+    if not isinstance(exc, UnicodeDecodeError):
+        raise exc
+    _UNDECODABLE[0] += 1
+    # As ``surrogateescape`` does: each bad byte becomes U+DC80..U+DCFF, which
+    # ``text_problem`` recognises and names.
+    return "".join(chr(0xDC00 + b) for b in exc.object[exc.start : exc.end]), exc.end
 
 
-def _email(value: Any) -> str:
-    try:
-        return normalize_email(value)
-    except ValueError as exc:
-        raise RowError(str(exc)) from None
+codecs.register_error("campaign-import", _note_undecodable)
 
 
-def _locale(value: Any) -> str | None:
-    if value is None or value == "":
-        return None
-    if value not in LOCALES:
-        raise RowError(f"locale {value!r} is not supported (use one of: {', '.join(LOCALES)})")
-    return value
+class _WatchedFile(io.RawIOBase):
+    """A file's bytes that notes whether any NUL went by (PostgreSQL cannot store one)."""
+
+    def __init__(self, path: Path) -> None:
+        self._file = path.open("rb", buffering=0)
+        self.nul = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        data = self._file.read(len(buffer))
+        buffer[: len(data)] = data
+        if not self.nul and b"\x00" in data:
+            self.nul = True
+        return len(data)
+
+    def seekable(self) -> bool:
+        return False
+
+    def tell(self) -> int:
+        return self._file.tell()
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
 
 
-@cache
-def _zones() -> frozenset[str]:
-    return frozenset(available_timezones())
+class TextFile:
+    """A file read as UTF-8 text (a BOM is skipped), with ``suspect`` once a row needs checking.
 
+    ``suspect`` turns true when an undecodable byte or a NUL has been read; as it
+    is set when the bytes are read, before the rows made of them are parsed, a
+    row parsed while it is false is clean.
+    """
 
-def _timezone(value: Any) -> str | None:
-    if value is None or value == "":
-        return None
-    if not isinstance(value, str) or value not in _zones():
-        raise RowError(f"time zone {value!r} is not an IANA time zone (e.g. Asia/Jakarta)")
-    return value
-
-
-def _timestamp(value: Any) -> datetime | None:
-    if value is None or value == "":
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.strip())
-    except (ValueError, TypeError, AttributeError):
-        raise RowError(f"{value!r} is not an ISO 8601 date or time") from None
-    if parsed.tzinfo is not None:  # stored as naive UTC (see engine.times)
-        parsed = (parsed - parsed.utcoffset()).replace(tzinfo=None)
-    return parsed
-
-
-class JsonObject(dict):
-    """A parsed JSON object that remembers the text it came from (stored as is on SQLite)."""
-
-    __slots__ = ("text",)
-
-
-def _attributes(value: Any) -> dict[str, Any] | None:
-    if value is None or value == "":
-        return None
-    if isinstance(value, str):
-        try:
-            parsed = json.loads(value)
-        except json.JSONDecodeError as exc:
-            raise RowError(f"attributes is not valid JSON ({exc.msg})") from None
-        if not isinstance(parsed, dict):
-            raise RowError("attributes must be a JSON object")
-        result = JsonObject(parsed)
-        result.text = value
-        return result
-    if not isinstance(value, dict):
-        raise RowError("attributes must be a JSON object")
-    return value
-
-
-_WHOLE = re.compile(r"^-?[0-9]+$")
-
-
-def _amount(value: Any) -> int:
-    if isinstance(value, bool):
-        raise RowError("amount must be a whole number of Rupiah")
-    if isinstance(value, int):
-        number = value
-    elif isinstance(value, float):
-        if not value.is_integer():
-            raise RowError(f"amount {value!r} is not a whole number of Rupiah")
-        number = int(value)
-    elif isinstance(value, str) and _WHOLE.match(value.strip()):
-        number = int(value.strip())
-    else:
-        raise RowError(f"amount {value!r} is not a whole number of Rupiah")
-    if number < 0:
-        raise RowError(f"amount {value!r} is negative")
-    if number > 10**15:
-        raise RowError(f"amount {value!r} is implausibly large")
-    return number
-
-
-def _choice(options: tuple[str, ...]) -> Callable[[Any], str]:
-    def convert(value: Any) -> str:
-        if not isinstance(value, str) or value not in options:
-            raise RowError(f"{value!r} is not one of: {', '.join(options)}")
-        return value
-
-    return convert
-
-
-@dataclass(frozen=True)
-class Column:
-    """One column: its converter and, for ``compile_fast_check``, its shape."""
-
-    name: str
-    convert: Callable[[Any], Any]
-    required: bool = False
-    shape: str = "call"  # text, email, locale, timezone, timestamp, json, choice or call
-    limit: int = 0  # text: the longest value
-    options: tuple[str, ...] = ()  # choice: the allowed values
-
-
-def _text_column(name: str, limit: int, required: bool = False) -> Column:
-    return Column(name, _text(limit), required, "text", limit)
-
-
-def _choice_column(name: str, options: tuple[str, ...]) -> Column:
-    return Column(name, _choice(options), True, "choice", options=options)
-
-
-@dataclass(frozen=True)
-class Kind:
-    name: str
-    columns: tuple[Column, ...]
-    needs_merchant: bool
+    def __init__(self, path: Path) -> None:
+        self.raw = _WatchedFile(path)
+        self.buffer = io.BufferedReader(self.raw, 1 << 20)
+        self.text = io.TextIOWrapper(
+            self.buffer, encoding="utf-8-sig", errors="campaign-import", newline=""
+        )
+        self._undecodable = _UNDECODABLE[0]
 
     @property
-    def names(self) -> tuple[str, ...]:
-        return tuple(c.name for c in self.columns)
+    def suspect(self) -> bool:
+        return self.raw.nul or _UNDECODABLE[0] != self._undecodable
+
+    def position(self) -> int:
+        """How many bytes have been read so far (for progress)."""
+        return self.raw.tell()
+
+    def close(self) -> None:
+        self.text.close()
 
 
-SCHEMAS = {
-    "merchants": Kind(
-        "merchants",
-        (
-            _text_column("external_id", 100, required=True),
-            Column("email", _email, True, "email"),
-            _text_column("name", 200),
-            _text_column("store_name", 200),
-            _text_column("store_url", 500),
-            _text_column("plan", 50),
-            _text_column("category", 100),
-            _text_column("city", 100),
-            Column("locale", _locale, shape="locale"),
-            Column("timezone", _timezone, shape="timezone"),
-            _text_column("status", 30),
-            Column("created_at", _timestamp, shape="timestamp"),
-            Column("last_login_at", _timestamp, shape="timestamp"),
-            Column("attributes", _attributes, shape="json"),
-        ),
-        needs_merchant=False,
-    ),
-    "orders": Kind(
-        "orders",
-        (
-            _text_column("merchant_external_id", 100, required=True),
-            _text_column("order_ref", 100, required=True),
-            Column("amount", _amount, True),
-            _choice_column("status", ORDER_STATUSES),
-            Column("placed_at", _timestamp, True, "timestamp"),
-        ),
-        needs_merchant=True,
-    ),
-    "activities": Kind(
-        "activities",
-        (
-            _text_column("merchant_external_id", 100, required=True),
-            _text_column("kind", 50, required=True),
-            Column("occurred_at", _timestamp, True, "timestamp"),
-        ),
-        needs_merchant=True,
-    ),
-}
-
-Columns = tuple[str, ...]
-
-
-def sqlite_datetime(value: datetime) -> str:
-    """A naive datetime in SQLAlchemy's SQLite storage format, several times faster.
-
-    ``tests/test_import.py`` checks it against SQLAlchemy's own bind processor.
-    """
-    text = value.isoformat(" ")
-    return text if value.microsecond else text + ".000000"
-
-
-@dataclass(frozen=True)
-class RowPlan:
-    """How to validate the rows of a file that gives ``columns`` (in that order)."""
-
-    columns: Columns
-    steps: tuple[Column, ...]
-
-    @classmethod
-    def build(cls, kind: Kind, columns: Columns) -> RowPlan:
-        by_name = {c.name: c for c in kind.columns}
-        return cls(columns, tuple(by_name[n] for n in columns))
-
-    def validate(self, values: Sequence[Any]) -> tuple[Any, ...]:
-        """The converted values, in ``columns`` order; raises RowError naming the column."""
-        out = []
-        for column, value in zip(self.steps, values, strict=True):
-            try:
-                value = column.convert(value)
-            except RowError as exc:
-                raise RowError(f"{column.name}: {exc}") from None
-            if value is None and column.required:
-                raise RowError(f"{column.name}: required, but empty")
-            out.append(value)
-        return tuple(out)
-
-    def stored(self, values: tuple[Any, ...], sqlite: bool) -> tuple[Any, ...]:
-        """Converted values in the form the database driver takes."""
-        out = list(values)
-        for i, column in enumerate(self.steps):
-            value = out[i]
-            if value is None:
-                continue
-            if column.shape == "json":
-                if sqlite:
-                    out[i] = value.text if value.__class__ is JsonObject else json.dumps(value)
-                else:
-                    out[i] = dict(value)
-            elif column.shape == "timestamp" and sqlite:
-                out[i] = sqlite_datetime(value)
-        return tuple(out)
-
-
-class _Slow(Exception):
-    """The fast check met something unusual: the plain converters take the row."""
-
-
-def _fast_code(column: Column, v: str, sqlite: bool) -> list[str]:
-    """Python lines that turn the common form of ``column``'s value in ``v`` into its stored form.
-
-    Anything out of the ordinary must raise (``_Slow``, or any error a surprising
-    type causes); it must never accept what the column's converter refuses.
-    """
-    shape = column.shape
-    if shape == "text":  # a str, as CSV and JSON give: the length check, then strip
-        lines = [f"if {v}.__class__ is not str or len({v}) > {column.limit}: raise _Slow"]
-        lines.append(f"{v} = {v}.strip() or None")
-    elif shape == "email":
-        lines = [
-            f"{v} = {v}.strip()",
-            f"if len({v}) > 254 or {v}.find('@') > 64 or not _email({v}): raise _Slow",
-            f"{v} = {v}.lower()",
-        ]
-    elif shape in ("locale", "timezone"):
-        allowed = "_locales" if shape == "locale" else "_zones"
-        lines = [
-            f"if {v} is None or {v} == '': {v} = None",
-            f"elif {v}.__class__ is not str or {v} not in {allowed}: raise _Slow",
-        ]
-    elif shape == "timestamp":  # to naive UTC
-        lines = [
-            f"if {v} is None or {v} == '': {v} = None",
-            "else:",
-            f"    {v} = _fromiso({v})",
-            f"    _offset = {v}.utcoffset()",
-        ]
-        if sqlite:  # sqlite_datetime, without the cost of dropping the time zone first
-            lines += [
-                f"    if _offset: {v} -= _offset",
-                f"    _text = {v}.isoformat(' ')",
-                f"    {v} = _text[:26] if {v}.microsecond else _text[:19] + '.000000'",
-            ]
-        else:
-            lines.append(f"    if _offset is not None: {v} = ({v} - _offset).replace(tzinfo=None)")
-    elif shape == "json":
-        lines = [
-            f"if {v} is None or {v} == '': {v} = None",
-            f"elif {v}.__class__ is not str: raise _Slow",
-            f"elif _loads({v}).__class__ is not dict: raise _Slow" if sqlite else "else:",
-        ]
-        if not sqlite:
-            lines.append(f"    {v} = _loads({v})")
-            lines.append(f"    if {v}.__class__ is not dict: raise _Slow")
-    elif shape == "choice":
-        lines = [f"if {v}.__class__ is not str or {v} not in {column.options!r}: raise _Slow"]
-    else:  # no fast form: the converter itself (a RowError goes the slow way too)
-        lines = [f"{v} = _convert_{v}({v})"]
-    if column.required:
-        lines.append(f"if {v} is None: raise _Slow")
-    return lines
-
-
-def compile_fast_check(plan: RowPlan, sqlite: bool) -> Callable[[Sequence[Any]], tuple]:
-    """Straight-line code for ``plan``: a row's stored form, or an exception for any surprise."""
-    names = [f"v{i}" for i in range(len(plan.steps))]
-    body = [f"    {', '.join(names)}, = row"]
-    scope: dict[str, Any] = {
-        "_Slow": _Slow,
-        "_email": EMAIL_PATTERN.match,
-        "_locales": frozenset(LOCALES),
-        "_zones": _zones(),
-        "_fromiso": datetime.fromisoformat,
-        "_loads": json.loads,
-    }
-    for name, column in zip(names, plan.steps, strict=True):
-        body.extend(f"    {line}" for line in _fast_code(column, name, sqlite))
-        scope[f"_convert_{name}"] = column.convert
-    body.append(f"    return ({', '.join(names)},)")
-    source = "def check(row):\n" + "\n".join(body) + "\n"
-    exec(compile(source, f"<fast check: {', '.join(plan.columns)}>", "exec"), scope)
-    return scope["check"]
-
-
-def _missing_required(kind: Kind, columns: Columns) -> str | None:
-    for column in kind.columns:
-        if column.required and column.name not in columns:
-            return column.name
+def _values_problem(columns: Columns, values: Sequence[Any]) -> str | None:
+    for name, value in zip(columns, values, strict=True):
+        problem = text_problem(value) if isinstance(value, str) else None
+        if problem:
+            return f"{name}: {problem}"
     return None
 
 
@@ -403,17 +169,18 @@ def _missing_required(kind: Kind, columns: Columns) -> str | None:
 Raw = tuple[int, Columns | None, Sequence[Any] | RowError]
 
 
-def _read_csv(handle, kind: Kind, path: Path) -> Iterator[Raw]:
-    reader = csv.reader(handle)
+def _read_csv(source: TextFile, kind: Kind, path: Path) -> Iterator[Raw]:
+    reader = csv.reader(source.text)
     try:
         header = next(reader)
     except StopIteration:
         return
     except csv.Error as exc:
         raise DataImportError(f"{path}:1: cannot read the CSV header ({exc})") from None
-    header = [h.strip() for h in header]
-    if header and header[0].startswith("\ufeff"):
-        header[0] = header[0][1:]
+    header = [h.strip() for h in header]  # a BOM went with the decoding (utf-8-sig)
+    problem = source.suspect and text_problem("".join(header))
+    if problem:
+        raise DataImportError(f"{path}:1: the CSV header is {problem}")
     unknown = [h for h in header if h not in kind.names]
     if unknown:
         raise DataImportError(
@@ -422,7 +189,7 @@ def _read_csv(handle, kind: Kind, path: Path) -> Iterator[Raw]:
         )
     if len(set(header)) != len(header):
         raise DataImportError(f"{path}:1: a column is named twice in the header")
-    missing = _missing_required(kind, tuple(header))
+    missing = missing_required(kind, tuple(header))
     if missing:
         raise DataImportError(
             f"{path}:1: missing required column {missing!r} for {kind.name} "
@@ -447,35 +214,67 @@ def _read_csv(handle, kind: Kind, path: Path) -> Iterator[Raw]:
                 RowError(f"has {len(values)} fields, the header has {width}"),
             )
             continue
+        if source.suspect:
+            problem = _values_problem(columns, values)
+            if problem:
+                yield reader.line_num, None, RowError(problem)
+                continue
         yield reader.line_num, columns, values
 
 
-def _read_jsonl(handle, kind: Kind, path: Path) -> Iterator[Raw]:
-    for number, line in enumerate(handle, start=1):
+# A JSON escape that may decode to what cannot be stored: half of a surrogate
+# pair (\ud800) or a NUL (\u0000). A line with one gets the full text check.
+_SUSPECT_ESCAPE = re.compile(r"\\u(?:[dD][89a-fA-F]|0000)")
+
+
+def record_values(kind: Kind, value: Any, *, checked: bool = True) -> tuple[Columns, list[Any]]:
+    """The columns and values of one decoded JSON row of ``kind``; RowError if unusable.
+
+    The one reading of a JSON object, for JSON Lines files and in-memory records
+    alike. ``checked=False`` skips the text check when the caller knows the row
+    holds nothing that needs it.
+    """
+    if not isinstance(value, dict):
+        raise RowError("each row must be a JSON object")
+    unknown = [k for k in value if k not in kind.names]
+    if unknown:
+        raise RowError(
+            f"unknown column {str(unknown[0])[:60]!r} (valid columns: {', '.join(kind.names)})"
+        )
+    columns = tuple(n for n in kind.names if n in value)
+    missing = missing_required(kind, columns)
+    if missing:
+        raise RowError(f"missing required column {missing!r}")
+    values = [value[n] for n in columns]
+    if checked:  # ``attributes`` is checked in depth by its converter
+        problem = _values_problem(columns, values)
+        if problem:
+            raise RowError(problem)
+    return columns, values
+
+
+def _read_jsonl(source: TextFile, kind: Kind, path: Path) -> Iterator[Raw]:
+    for number, line in enumerate(source.text, start=1):
         if not line.strip():
             continue
+        if source.suspect:
+            problem = text_problem(line)
+            if problem:
+                yield number, None, RowError(problem)
+                continue
         try:
-            value = json.loads(line)
-        except json.JSONDecodeError as exc:
-            yield number, None, RowError(f"not valid JSON ({exc.msg})")
+            value = loads(line)
+        except ValueError as exc:
+            yield number, None, RowError(f"not valid JSON ({exc})")
             continue
-        if not isinstance(value, dict):
-            yield number, None, RowError("each line must be a JSON object")
-            continue
-        unknown = [k for k in value if k not in kind.names]
-        if unknown:
-            yield (
-                number,
-                None,
-                RowError(f"unknown column {unknown[0]!r} (valid columns: {', '.join(kind.names)})"),
+        try:
+            columns, values = record_values(
+                kind, value, checked="\\u" in line and bool(_SUSPECT_ESCAPE.search(line))
             )
+        except RowError as exc:
+            yield number, None, exc
             continue
-        columns = tuple(n for n in kind.names if n in value)
-        missing = _missing_required(kind, columns)
-        if missing:
-            yield number, None, RowError(f"missing required column {missing!r}")
-            continue
-        yield number, columns, [value[n] for n in columns]
+        yield number, columns, values
 
 
 def reader_for(path: Path):
@@ -506,23 +305,38 @@ def read_batches(path: Path, kind: str, batch_size: int) -> Iterator[ValidatedBa
     """Rows as read, not yet validated, in batches (flat memory, whatever the file size)."""
     spec = SCHEMAS[kind]
     read = reader_for(path)
-    with path.open("r", encoding="utf-8", newline="") as handle:
+    source = TextFile(path)
+    try:
         rows: list[ValidRow] = []
         rejected: list[tuple[int, str]] = []
         count = 0
+        for line, columns, raw in read(source, spec, path):
+            count += 1
+            if columns is None:
+                rejected.append((line, str(raw)))
+                continue
+            rows.append((line, columns, raw))
+            if len(rows) >= batch_size:
+                yield ValidatedBatch(rows, rejected, count, source.position(), False)
+                rows, rejected, count = [], [], 0
+        yield ValidatedBatch(rows, rejected, count, source.position(), False)
+    finally:
+        source.close()
+
+
+def read_records(kind: str, records: Sequence[Any]) -> ValidatedBatch:
+    """In-memory rows (decoded JSON objects) as one batch; ``line`` is each row's index."""
+    spec = SCHEMAS[kind]
+    rows: list[ValidRow] = []
+    rejected: list[tuple[int, str]] = []
+    for index, value in enumerate(records):
         try:
-            for line, columns, raw in read(handle, spec, path):
-                count += 1
-                if columns is None:
-                    rejected.append((line, str(raw)))
-                    continue
-                rows.append((line, columns, raw))
-                if len(rows) >= batch_size:
-                    yield ValidatedBatch(rows, rejected, count, handle.buffer.tell(), False)
-                    rows, rejected, count = [], [], 0
-        except UnicodeDecodeError:
-            raise DataImportError(f"{path}: not UTF-8 text") from None
-        yield ValidatedBatch(rows, rejected, count, handle.buffer.tell(), False)
+            columns, values = record_values(spec, value)
+        except RowError as exc:
+            rejected.append((index, str(exc)))
+            continue
+        rows.append((index, columns, values))
+    return ValidatedBatch(rows, rejected, len(records), 0, False)
 
 
 class BatchValidator:

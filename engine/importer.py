@@ -10,163 +10,35 @@ kind, time), so importing the same file twice changes nothing.
 from __future__ import annotations
 
 import gc
-import operator
+import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from engine.db import is_sqlite, write_transaction
 from engine.errors import DataImportError
+from engine.import_columns import KINDS, SCHEMAS, sqlite_datetime
 from engine.import_rows import (
-    KINDS,
-    SCHEMAS,
     BatchValidator,
-    Columns,
     ImportReport,
-    Kind,
     RejectedRow,
     ValidatedBatch,
-    ValidRow,
     read_batches,
     reader_for,
     receive_batches,
-    sqlite_datetime,
 )
-from engine.models import activities, merchants, orders
+from engine.import_write import Repeats, write_batch, writer_for
 
 __all__ = ["KINDS", "ImportReport", "RejectedRow", "import_file", "sqlite_datetime"]
 
 BATCH_SIZE = 5000
 
-# Columns with a default. An empty value in the file keeps what is stored (and
-# gives the default on insert): a blank cell in a partial export never wipes data.
-MERCHANT_DEFAULTS = {
-    "locale": "id",
-    "timezone": "Asia/Jakarta",
-    "status": "active",
-    "attributes": "{}",
-}
 
-
-class UpsertWriter:
-    """Writes validated rows with one upsert per column set, compiled once.
-
-    Rows come in the driver's stored form (``engine.import_rows``) and go
-    straight to its ``executemany``: SQLAlchemy compiles the statement (both
-    dialects), and we skip its per-row parameter machinery, which cost more than
-    the insert. On PostgreSQL the dialect's bind processors still apply (JSON).
-    Only the columns a file gives are written; on conflict they are updated
-    (``update``) or the row is left alone.
-    """
-
-    def __init__(self, engine: Engine, table: sa.Table, keys: Columns, update: bool) -> None:
-        self.dialect = engine.dialect
-        self.table, self.keys, self.update = table, keys, update
-        self._compiled: dict[Columns, tuple[str, Callable[[tuple], Any]]] = {}
-
-    def _default(self, name: str):
-        cast = "::jsonb" if name == "attributes" and self.dialect.name == "postgresql" else ""
-        return sa.literal_column(f"'{MERCHANT_DEFAULTS[name]}'{cast}")
-
-    def _compile(self, columns: Columns) -> tuple[str, Callable[[tuple], Any]]:
-        if self.dialect.name == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
-        else:
-            from sqlalchemy.dialects.sqlite import insert
-        defaults = MERCHANT_DEFAULTS if self.table is merchants else {}
-        values = {
-            c: sa.func.coalesce(sa.bindparam(c, type_=self.table.c[c].type), self._default(c))
-            if c in defaults
-            else sa.bindparam(c, type_=self.table.c[c].type)
-            for c in columns
-        }
-        # A default column the file does not give at all is set on insert only.
-        values.update({c: self._default(c) for c in defaults if c not in columns})
-        stmt = insert(self.table).values(values)
-        settable = {
-            # The proposed row already holds the default, so ask the file's own value.
-            c: sa.case(
-                (sa.bindparam(c, type_=self.table.c[c].type).is_(None), self.table.c[c]),
-                else_=stmt.excluded[c],
-            )
-            if c in defaults
-            else stmt.excluded[c]
-            for c in columns
-            if c not in self.keys
-        }
-        if self.update and settable:
-            stmt = stmt.on_conflict_do_update(index_elements=list(self.keys), set_=settable)
-        else:
-            stmt = stmt.on_conflict_do_nothing(index_elements=list(self.keys))
-        compiled = stmt.compile(dialect=self.dialect)
-        names = tuple(compiled.positiontup) if compiled.positional else tuple(compiled.params)
-        index = {c: i for i, c in enumerate(columns)}
-        getter = operator.itemgetter(*(index[n] for n in names))
-        if self.dialect.name == "sqlite":  # the stored form is the driver's: no processors
-            if len(names) == 1:
-                return str(compiled), lambda row: (getter(row),)
-            return str(compiled), getter
-        process = [
-            (i, p)
-            for i, p in enumerate(
-                self.table.c[n].type.dialect_impl(self.dialect).bind_processor(self.dialect)
-                for n in names
-            )
-            if p is not None
-        ]
-        positional = compiled.positional
-
-        def params(row: tuple) -> Any:
-            values = list(getter(row)) if len(names) > 1 else [getter(row)]
-            for i, convert in process:
-                if values[i] is not None:
-                    values[i] = convert(values[i])
-            return tuple(values) if positional else dict(zip(names, values, strict=True))
-
-        return str(compiled), params
-
-    def write(self, conn, columns: Columns, rows: Sequence[tuple]) -> None:
-        if columns not in self._compiled:
-            self._compiled[columns] = self._compile(columns)
-        sql, params = self._compiled[columns]
-        conn.exec_driver_sql(sql, [params(row) for row in rows])
-
-
-def _write_batch(
-    conn, kind: Kind, batch: list[ValidRow], writer: UpsertWriter, report: ImportReport
-) -> int:
-    """Write one batch in the caller's transaction; returns rows written."""
-    groups: dict[Columns, list[tuple]] = {}
-    if kind.needs_merchant:
-        refs = {row[columns.index("merchant_external_id")] for _, columns, row in batch}
-        found = dict(
-            conn.execute(
-                sa.select(merchants.c.external_id, merchants.c.id).where(
-                    merchants.c.external_id.in_(refs)
-                )
-            ).all()
-        )
-        for line, columns, row in batch:
-            at = columns.index("merchant_external_id")
-            merchant_id = found.get(row[at])
-            if merchant_id is None:
-                report.reject(line, f"unknown merchant {row[at]!r}")
-                continue
-            stored = (*columns[:at], "merchant_id", *columns[at + 1 :])
-            groups.setdefault(stored, []).append((*row[:at], merchant_id, *row[at + 1 :]))
-    else:
-        for _, columns, row in batch:
-            groups.setdefault(columns, []).append(row)
-    for columns, rows in groups.items():
-        writer.write(conn, columns, rows)
-    return sum(len(rows) for rows in groups.values())
-
-
-# A file this large is validated by a second process while this one writes (CLI default).
+# A file this large is validated by a second process while this one writes, when
+# there is a second core: below it, starting the process costs more than it saves.
 PARALLEL_FROM_BYTES = 8 * 1024 * 1024
 # The batches the second process validates: one of every two (each process also has
 # its own work, reading or writing, of about the same cost).
@@ -213,6 +85,11 @@ def _second_process_batches(
         child.stdout.close()
 
 
+def parallel_pays(path: Path) -> bool:
+    """Whether a second process should read ``path``: a large file, and a core for it."""
+    return path.stat().st_size >= PARALLEL_FROM_BYTES and (os.cpu_count() or 1) > 1
+
+
 def import_file(
     engine: Engine,
     kind: str,
@@ -220,12 +97,15 @@ def import_file(
     *,
     batch_size: int = BATCH_SIZE,
     on_progress: Callable[[int, int], None] | None = None,
-    parallel: bool = False,
+    parallel: bool | None = None,
 ) -> ImportReport:
     """Import ``path`` (``.csv`` or ``.jsonl``/``.ndjson``) into ``kind``'s table.
 
     ``parallel`` reads and validates in a second process while this one writes:
     on two cores a large file imports in well under two thirds of the time.
+    ``None`` (the default) decides by the file's size and the cores there are.
+    Every whole-file error (a missing file, a bad header) is raised before
+    anything is written; any other problem is a rejected row.
     """
     if kind not in SCHEMAS:
         raise DataImportError(f"cannot import {kind!r} (choose one of: {', '.join(KINDS)})")
@@ -235,22 +115,17 @@ def import_file(
     if not path.is_file():
         raise DataImportError(f"{path}: no such file")
     total = path.stat().st_size
+    if parallel is None:
+        parallel = parallel_pays(path)
 
-    if kind == "merchants":
-        writer = UpsertWriter(engine, merchants, ("external_id",), update=True)
-    elif kind == "orders":
-        writer = UpsertWriter(engine, orders, ("merchant_id", "order_ref"), update=True)
-    else:
-        writer = UpsertWriter(
-            engine, activities, ("merchant_id", "kind", "occurred_at"), update=False
-        )
-
-    sqlite = engine.dialect.name == "sqlite"
+    writer = writer_for(engine, kind)
+    sqlite = is_sqlite(engine)
     if parallel:
         batches = _second_process_batches(path, kind, batch_size, sqlite)
     else:
         batches = read_batches(path, kind, batch_size)
     report = ImportReport(kind, path)
+    repeats = Repeats(spec)
     validator = BatchValidator(kind, sqlite)
     collecting = gc.isenabled()
     gc.disable()  # the loop makes millions of objects and no cycles: collections only cost
@@ -261,12 +136,13 @@ def import_file(
             for line, reason in batch.rejected:
                 report.reject(line, reason)
             if batch.rows:
-                with engine.begin() as conn:
-                    report.imported += _write_batch(conn, spec, batch.rows, writer, report)
+                with write_transaction(engine) as conn:
+                    report.imported += write_batch(conn, spec, batch.rows, writer, report, repeats)
             if on_progress:
                 on_progress(batch.position, total)
     finally:
         if collecting:
             gc.enable()
     report.rejected.sort(key=lambda r: r.line)
+    report.warnings.sort(key=lambda r: r.line)
     return report

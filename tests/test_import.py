@@ -203,7 +203,7 @@ def test_cli_import_exit_codes_and_messages(project, tmp_path):
 def test_fast_sqlite_datetime_matches_sqlalchemy(value):
     from sqlalchemy.dialects import sqlite
 
-    from engine.import_rows import sqlite_datetime
+    from engine.import_columns import sqlite_datetime
 
     dialect = sqlite.dialect()
     reference = sa.DateTime().dialect_impl(dialect).bind_processor(dialect)
@@ -290,3 +290,179 @@ def test_a_second_process_that_dies_is_an_error_not_a_short_import(tmp_path):
     path = write(tmp_path, "m.csv", MERCHANTS_CSV)
     with pytest.raises(RuntimeError, match="ended without a word"):
         list(_second_process_batches(path, "no-such-kind", 5, sqlite=True))
+
+
+# --- undecodable bytes, NUL, BOM: a bad row, never a whole-file error after commits --
+
+
+def _merchant_lines(count: int, bad: dict[int, bytes] | None = None) -> bytes:
+    """``count`` merchant rows (row i on line i + 2); ``bad`` puts raw bytes in row i's name."""
+    out = [b"external_id,email,name\n"]
+    for i in range(count):
+        name = (bad or {}).get(i, f"Pemilik {i}".encode())
+        out.append(b"u%d,u%d@example.id,%s\n" % (i, i, name))
+    return b"".join(out)
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+def test_an_undecodable_byte_deep_in_a_file_is_one_bad_row(engine, tmp_path, parallel):
+    path = tmp_path / "m.csv"
+    path.write_bytes(_merchant_lines(2000, {1900: b"Caf\xe9 Budi", 5: b"ok \xc3\xa9"}))
+    report = import_file(engine, "merchants", path, batch_size=100, parallel=parallel)
+    assert [(r.line, r.reason) for r in report.rejected] == [
+        (1902, "name: not UTF-8 text (the byte 0xe9 cannot be decoded)")
+    ]
+    assert report.read == 2000 and report.imported == 1999
+    stored = {m["external_id"]: m["name"] for m in rows(engine, merchants)}
+    assert len(stored) == 1999 and "u1900" not in stored
+    assert stored["u5"] == "ok é" and stored["u1999"] == "Pemilik 1999"
+
+
+def test_text_across_read_chunks_is_decoded_whole(engine, tmp_path):
+    """Multi-byte characters cut by the boundaries of reads (8 KiB, 1 MiB) are not bad bytes."""
+    name = "Toko Ébène ☕ 🙂".encode()
+    path = tmp_path / "m.csv"
+    path.write_bytes(_merchant_lines(40_000, {i: name + b"%d" % (i % 7) for i in range(40_000)}))
+    assert path.stat().st_size > 1024 * 1024
+    report = import_file(engine, "merchants", path, parallel=False)
+    assert report.ok and report.imported == 40_000
+
+
+@pytest.mark.parametrize("suffix", ["csv", "jsonl"])
+def test_a_nul_byte_is_a_bad_row_on_both_databases(engine, tmp_path, suffix):
+    path = tmp_path / f"m.{suffix}"
+    if suffix == "csv":
+        path.write_bytes(_merchant_lines(5, {3: b"nul\x00here"}))
+    else:
+        lines = [
+            json.dumps({"external_id": f"u{i}", "email": f"u{i}@example.id", "name": f"n{i}"})
+            for i in range(4)
+        ]
+        lines[1] = lines[1].replace('"n1"', '"n\\u0000"')
+        lines[2] = lines[2].replace('"n2"', '"n2\x00"')
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    report = import_file(engine, "merchants", path)
+    if suffix == "csv":
+        assert [(r.line, r.reason) for r in report.rejected] == [
+            (5, "name: contains a NUL character")
+        ]
+    else:
+        assert [r.line for r in report.rejected] == [2, 3]
+        assert "NUL" in report.rejected[0].reason
+    assert report.imported == len(rows(engine, merchants)) == (4 if suffix == "csv" else 2)
+
+
+def test_jsonl_with_a_bom_and_bad_bytes_reads_like_csv(engine, tmp_path):
+    lines = [
+        json.dumps({"external_id": f"j{i}", "email": f"j{i}@example.id"}).encode() for i in range(3)
+    ]
+    lines[2] = lines[2].replace(b'"j2@', b'"j2\xff@')
+    path = tmp_path / "m.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + b"\n".join(lines) + b"\n")
+    report = import_file(engine, "merchants", path)
+    assert [(r.line, r.reason) for r in report.rejected] == [
+        (3, "not UTF-8 text (the byte 0xff cannot be decoded)")
+    ]
+    assert [m["external_id"] for m in rows(engine, merchants)] == ["j0", "j1"]
+    csv_path = tmp_path / "m.csv"
+    csv_path.write_bytes(b"\xef\xbb\xbfexternal_id,email\nc1,c1@example.id\n")
+    assert import_file(engine, "merchants", csv_path).imported == 1
+
+
+def test_a_bad_byte_in_the_header_is_refused_before_anything_is_written(engine, tmp_path):
+    path = tmp_path / "m.csv"
+    path.write_bytes(b"external_id,em\xe9il\nx1,x1@example.id\n")
+    with pytest.raises(DataImportError, match=r"m\.csv:1: the CSV header is not UTF-8 text"):
+        import_file(engine, "merchants", path)
+    assert rows(engine, merchants) == []
+
+
+# --- data that would fail later ---------------------------------------------------
+
+
+def test_timestamps_outside_1900_to_2200_are_rejected_with_their_line(engine, tmp_path):
+    text = (
+        "external_id,email,created_at,last_login_at\n"
+        "t1,t1@example.id,9999-12-31,\n"
+        "t2,t2@example.id,0001-01-01T00:00:00+07:00,\n"
+        "t3,t3@example.id,1900-01-01T00:00:00+07:00,2200-12-31T23:59:59\n"
+        "t4,t4@example.id,2025-01-01,1899-12-31T23:59:59Z\n"
+    )
+    report = import_file(engine, "merchants", write(tmp_path, "m.csv", text))
+    reasons = {r.line: r.reason for r in report.rejected}
+    assert set(reasons) == {2, 3, 5}
+    assert reasons[2] == (
+        "created_at: '9999-12-31' is outside the years 1900-2200 (a placeholder date?)"
+    )
+    assert reasons[5].startswith("last_login_at: '1899-12-31T23:59:59Z' is outside")
+    t3 = rows(engine, merchants)[0]
+    assert t3["created_at"] == datetime(1899, 12, 31, 17, 0)  # as written, 1900 (UTC+7)
+    assert t3["last_login_at"] == datetime(2200, 12, 31, 23, 59, 59)
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+def test_a_merchant_given_twice_in_a_file_is_counted_once_with_a_warning(
+    engine, tmp_path, parallel
+):
+    text = (
+        "external_id,email,city\n"
+        "d1,first@example.id,Medan\n"
+        "d2,d2@example.id,Bogor\n"
+        "d3,d3@example.id,Solo\n"
+        "d1,second@example.id,Jakarta\n"
+        "d1,third@example.id,\n"
+    )
+    path = write(tmp_path, "m.csv", text)
+    report = import_file(engine, "merchants", path, batch_size=2, parallel=parallel)
+    assert (report.read, report.imported, report.rejected_count) == (5, 3, 0)
+    assert report.ok and report.warning_count == 2
+    assert [(w.line, w.reason) for w in report.warnings] == [
+        (5, "external_id 'd1' is also on line 2: counted once, this later line wins"),
+        (6, "external_id 'd1' is also on line 2: counted once, this later line wins"),
+    ]
+    d1 = rows(engine, merchants)[0]
+    assert d1["email"] == "third@example.id" and d1["city"] is None  # the last line wins
+
+
+def test_an_order_given_twice_in_a_file_is_counted_once_with_a_warning(engine, tmp_path):
+    import_file(engine, "merchants", write(tmp_path, "m.csv", MERCHANTS_CSV))
+    text = (
+        "merchant_external_id,order_ref,amount,status,placed_at\n"
+        "m1,INV-1,1000,paid,2026-11-01\n"
+        "m2,INV-1,2000,paid,2026-11-01\n"
+        "m1,INV-1,1000,refunded,2026-11-01\n"
+    )
+    report = import_file(engine, "orders", write(tmp_path, "o.csv", text))
+    assert report.imported == 2 and report.warning_count == 1
+    assert report.warnings[0].line == 4
+    assert report.warnings[0].reason.startswith("order 'INV-1' of merchant 'm1' is also on line 2")
+    assert [o["status"] for o in rows(engine, orders)] == ["refunded", "paid"]
+    again = import_file(engine, "orders", write(tmp_path, "o.csv", text))
+    assert again.imported == 2  # a second import of the file: each key counted once again
+
+
+def test_cli_prints_repeats_as_warnings_and_exits_0(project, tmp_path):
+    env = {"CAMPAIGN_DATABASE_URL": project.settings.database_url}
+    path = write(tmp_path, "m.csv", "external_id,email\nw1,a@example.id\nw1,b@example.id\n")
+    result = CliRunner().invoke(
+        cli, ["import", "merchants", str(path), "--project", str(project.root)], env=env
+    )
+    assert result.exit_code == 0, result.output
+    assert "read 2 rows, imported 1, rejected 0, 1 repeated." in result.stdout
+    assert f"{path}:3: warning: external_id 'w1' is also on line 2" in result.stderr
+
+
+# --- the parallelism decision lives in the engine ---------------------------------
+
+
+def test_import_file_decides_on_a_second_process_by_size_and_cores(tmp_path):
+    import os
+
+    from engine.importer import PARALLEL_FROM_BYTES, parallel_pays
+
+    small, large = tmp_path / "small.csv", tmp_path / "large.csv"
+    small.write_text("external_id,email\n", encoding="utf-8")
+    with large.open("wb") as handle:  # sparse: the size is what counts
+        handle.truncate(PARALLEL_FROM_BYTES)
+    assert parallel_pays(small) is False
+    assert parallel_pays(large) is ((os.cpu_count() or 1) > 1)

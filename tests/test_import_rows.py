@@ -15,16 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.import_rows import (
-    SCHEMAS,
-    BatchValidator,
-    RowError,
-    RowPlan,
-    ValidatedBatch,
-    compile_fast_check,
-    receive_batches,
-    serve_batches,
-)
+from engine.import_columns import SCHEMAS, RowError, RowPlan, compile_fast_check
+from engine.import_rows import BatchValidator, ValidatedBatch, receive_batches, serve_batches
 
 MERCHANT_ROW = {
     "external_id": "m0000042",
@@ -176,6 +168,18 @@ def test_json_lines_values_agree_with_the_converters(data, sqlite):
         ("2025-03-04 10:00", "created_at"),
         ("2025-03-04", "last_login_at"),
         ("0001-01-01T00:00:00+00:00", "created_at"),
+        ("0001-01-01T00:00:00+01:00", "created_at"),
+        ("9999-12-31T23:59:59-01:00", "last_login_at"),
+        ("1900-01-01T00:00:00+07:00", "created_at"),
+        ("2200-12-31T23:59:59.999999", "created_at"),
+        ("2201-01-01", "created_at"),
+        ('{"a": "\\u0000"}', "attributes"),
+        ('{"a": "\\ud800"}', "attributes"),
+        ('{"a": "\\ud83d\\ude00"}', "attributes"),
+        ('{"a": Infinity}', "attributes"),
+        ('{"a": ' + "[" * 63 + "]" * 63 + "}", "attributes"),
+        ('{"a": ' + "[" * 64 + "]" * 64 + "}", "attributes"),
+        ('{"a": ' + "1" * 5000 + "}", "attributes"),
         (" Budi@Example.ID", "email"),
         ("a" * 65 + "@example.id", "email"),
         ("budi@example", "email"),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import click
@@ -10,7 +9,7 @@ import click
 from engine.cli.main import cli, is_terminal, load_project, project_option
 from engine.cli.output import echo_err, print_table, progress_bar
 from engine.db import describe_url, upgrade_schema
-from engine.importer import KINDS, PARALLEL_FROM_BYTES, import_file
+from engine.importer import KINDS, import_file
 
 
 @cli.group()
@@ -39,18 +38,22 @@ def import_command(kind: str, file: Path, project_dir: Path) -> None:
     """Load merchants, orders or activities from a CSV or JSON Lines FILE.
 
     Bad rows are listed with their line number and left out; the good rows are
-    imported. The exit code is 1 when any row was rejected.
+    imported. A key given on several lines is imported once (the last line wins)
+    and each repeat is listed as a warning. The exit code is 1 when any row was
+    rejected.
     """
     project = load_project(project_dir)
-    engine = project.database()
     with progress_bar(f"Importing {kind}", None, is_terminal()) as update:
-        big = file.is_file() and file.stat().st_size >= PARALLEL_FROM_BYTES
-        parallel = big and (os.cpu_count() or 1) > 1
-        report = import_file(engine, kind, file, on_progress=update, parallel=parallel)
+        report = import_file(project.database(), kind, file, on_progress=update)
+    repeated = f", {report.warning_count} repeated" if report.warning_count else ""
     click.echo(
         f"{file}: read {report.read} rows, imported {report.imported}, "
-        f"rejected {report.rejected_count}."
+        f"rejected {report.rejected_count}{repeated}."
     )
+    for row in report.warnings:
+        echo_err(f"{file}:{row.line}: warning: {row.reason}")
+    if report.warning_count > len(report.warnings):
+        echo_err(f"... and {report.warning_count - len(report.warnings)} more warnings.")
     if not report.ok:
         for row in report.rejected:
             echo_err(f"{file}:{row.line}: {row.reason}")
