@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from engine.db import dialect_insert, is_sqlite, write_transaction
-from engine.import_rows import sqlite_datetime
+from engine.import_columns import sqlite_datetime
 from engine.links import Click
 from engine.models import clicks, merchants, messages, suppressions
 from engine.suppressions import ALL_TOPICS

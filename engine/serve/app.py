@@ -206,8 +206,8 @@ def create_app(engine: Engine, settings: Settings, clock: Clock) -> ASGIApp:
             data = json.loads(body)
         except (ValueError, UnicodeDecodeError) as exc:
             return JSONResponse({"error": f"the body is not JSON: {exc}"}, 400)
-        outcome = await run(import_events, engine, data)
-        return JSONResponse(outcome.answer(), outcome.status)
+        outcome = await run(import_events, engine, data, now=clock.now())
+        return JSONResponse(outcome.body, outcome.status)
 
     async def healthz(request: Request) -> Response:
         if await run(actions.database_ok, engine):

@@ -1,26 +1,42 @@
-"""The events API body: ``{"merchants": [...], "orders": [...], "activities": [...]}``."""
+"""The events API body: ``{"merchants": [...], "orders": [...], "activities": [...]}``.
+
+Validated and written by ``engine.import_records`` (the checks of ``campaign
+import``, in one transaction): this module only turns its report into the
+HTTP answer.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.engine import Engine
 
+from engine.errors import DataImportError
+from engine.import_records import import_records
 
-@dataclass
+
+@dataclass(frozen=True)
 class EventsOutcome:
-    status: int
-    accepted: dict[str, int] = field(default_factory=dict)
-    rejected: list[dict[str, Any]] = field(default_factory=list)
-    error: str | None = None
-
-    def answer(self) -> dict[str, Any]:
-        if self.error:
-            return {"error": self.error}
-        return {"accepted": self.accepted, "rejected": self.rejected}
+    status: int  # 200, or 422 when every row (or the body's shape) was refused
+    body: dict[str, Any]
 
 
-def import_events(engine: Engine, data: Any) -> EventsOutcome:
-    """Validate and upsert the rows of one events request (placeholder until the importer lands)."""
-    return EventsOutcome(503, error="not yet")
+def import_events(engine: Engine, data: Any, *, now: datetime) -> EventsOutcome:
+    """Upsert one request's rows; the answer lists accepted counts and rejected rows by index."""
+    try:
+        report = import_records(engine, data, now=now)
+    except DataImportError as exc:
+        return EventsOutcome(422, {"error": str(exc)})
+    rejected = [
+        {"kind": kind, "index": r.index, "reason": r.reason}
+        for kind, result in report.kinds.items()
+        for r in result.rejected
+    ]
+    body = {
+        "accepted": report.accepted,
+        "rejected": rejected,
+        "kinds": report.as_dict(),
+    }
+    return EventsOutcome(422 if report.all_rejected else 200, body)
