@@ -106,40 +106,44 @@ def scopes(request: Unsubscribe, everything: bool) -> list[str]:
 
 def unsubscribe(
     engine: Engine,
-    who: Recipient,
     request: Unsubscribe,
     *,
     everything: bool,
     source: str,
     now: datetime,
-) -> bool:
-    """Suppress the merchant for the token's topic (or everything); False when it already was."""
+) -> Recipient | None:
+    """Suppress the token's merchant for its topic (or everything): who it was, None if nobody.
+
+    One connection and one transaction for the look-up and the write: this is
+    the request every mail client's one-click button sends.
+    """
     prepared = statements(engine)
     # The driver gets what SQLAlchemy's DateTime would give it: ISO text on SQLite.
     created_at = sqlite_datetime(now) if prepared.sqlite else now
-    values = {"email": who.email, "topic": ALL_TOPICS if everything else request.topic,
-              "reason": WEB_REASON, "source": source[:200], "created_at": created_at}  # fmt: skip
     with write_transaction(engine) as conn:
-        return prepared.suppress.run(conn, **values).first() is not None
+        row = prepared.recipient.run(conn, merchant_id=request.merchant_id).first()
+        if row is None:
+            return None
+        who = Recipient(row[0], row[1].strip().lower(), row[2], row[3], row[4])
+        values = {"email": who.email, "topic": ALL_TOPICS if everything else request.topic,
+                  "reason": WEB_REASON, "source": source[:200], "created_at": created_at}  # fmt: skip
+        prepared.suppress.run(conn, **values)  # on conflict nothing: repeating it is harmless
+    return who
 
 
-def resubscribe(engine: Engine, who: Recipient, request: Unsubscribe, *, everything: bool) -> int:
-    """Undo a web unsubscribe; suppressions for any other reason (bounces, manual) stay."""
+def resubscribe(engine: Engine, request: Unsubscribe, *, everything: bool) -> Recipient | None:
+    """Undo a web unsubscribe (who it was, None if nobody); other suppressions (bounces, manual) stay."""
+    who = recipient(engine, request.merchant_id)
+    if who is None:
+        return None
     query = suppressions.delete().where(
         suppressions.c.email == who.email,
         suppressions.c.topic.in_(scopes(request, everything)),
         suppressions.c.reason == WEB_REASON,
     )
     with write_transaction(engine) as conn:
-        return conn.execute(query).rowcount
-
-
-def is_unsubscribed(engine: Engine, who: Recipient, topic: str) -> bool:
-    query = sa.select(sa.func.count()).where(
-        suppressions.c.email == who.email, suppressions.c.topic.in_([topic, ALL_TOPICS])
-    )
-    with engine.connect() as conn:
-        return bool(conn.execute(query).scalar())
+        conn.execute(query)
+    return who
 
 
 def record_click(engine: Engine, click: Click, *, now: datetime) -> bool:

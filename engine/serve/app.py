@@ -155,29 +155,32 @@ def create_app(engine: Engine, settings: Settings, clock: Clock) -> ASGIApp:
             token = signer.verify(request.path_params["token"])
         except TokenError:
             return _html(pages.error_page("invalid"), 404)
-        who = await run(actions.recipient, engine, token.merchant_id)
-        if who is None:
-            return _html(pages.error_page("invalid"), 404)
         if request.method in ("GET", "HEAD"):
+            who = await run(actions.recipient, engine, token.merchant_id)
+            if who is None:
+                return _html(pages.error_page("invalid"), 404)
             return _html(pages.unsubscribe_page(who, token.topic))
         form = await _form(request)
         if form is None:
-            return _html(pages.error_page("bad_request", who.locale), 400)
+            return _html(pages.error_page("bad_request"), 400)
         everything = form.get("scope") == "all"
         if form.get("action") == "resubscribe":
-            await run(actions.resubscribe, engine, who, token, everything=everything)
+            who = await run(actions.resubscribe, engine, token, everything=everything)
+            if who is None:
+                return _html(pages.error_page("invalid"), 404)
             return _html(pages.resubscribed_page(who))
         if form.get("List-Unsubscribe") != "One-Click":
-            return _html(pages.error_page("bad_request", who.locale), 400)
-        await run(
+            return _html(pages.error_page("bad_request"), 400)
+        who = await run(
             actions.unsubscribe,
             engine,
-            who,
             token,
             everything=everything,
             source=f"web {_client(request)}",
             now=clock.now(),
         )
+        if who is None:
+            return _html(pages.error_page("invalid"), 404)
         return _html(pages.unsubscribed_page(who, token.topic, everything))
 
     async def click(request: Request) -> Response:
