@@ -165,6 +165,7 @@ def test_click_redirects_with_302_and_records_message_link_and_time(project, ser
     assert answer.headers["location"] == "https://toko.id/admin?a=1&b=2"
     assert "set-cookie" not in answer.headers
     served.get(f"/c/{token}")
+    assert served.head(f"/c/{token}").status_code == 302  # a link checker: not a click
     rows = table_rows(project.engine, clicks)
     assert [(r["url"], r["clicked_at"]) for r in rows] == [
         ("https://toko.id/admin?a=1&b=2", CLICKED)

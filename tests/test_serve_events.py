@@ -117,7 +117,7 @@ def test_a_missing_or_wrong_token_is_401_and_nothing_is_written(api, headers):
 
 def test_bad_json_is_400(api):
     _, client = api
-    for body in (b"{not json", b"\xff\xfe", b""):
+    for body in (b"{not json", b"\xff\xfe", b"", b"[" * 50_000, b'{"orders": "\\ud800"'):
         answer = client.post(
             "/api/v1/events", content=body, headers={**AUTH, "content-type": "application/json"}
         )

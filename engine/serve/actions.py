@@ -146,9 +146,15 @@ def resubscribe(engine: Engine, request: Unsubscribe, *, everything: bool) -> Re
     return who
 
 
-def record_click(engine: Engine, click: Click, *, now: datetime) -> bool:
-    """Store one click on a tracked link; False when the token's message is not in the outbox."""
+def record_click(engine: Engine, click: Click, *, now: datetime, record: bool = True) -> bool:
+    """Store one click on a tracked link; False when the token's message is not in the outbox.
+
+    ``record=False`` (a HEAD request: link checkers, not people) only checks.
+    """
     message = sa.select(messages.c.id).where(messages.c.key == click.message_key)
+    if not record:
+        with engine.connect() as conn:
+            return conn.execute(message).scalar() is not None
     with write_transaction(engine) as conn:
         message_id = conn.execute(message).scalar()
         if message_id is None:

@@ -188,7 +188,8 @@ def create_app(engine: Engine, settings: Settings, clock: Clock) -> ASGIApp:
             target = verify_click(signer, request.path_params["token"])
         except TokenError:
             return _html(pages.error_page("invalid"), 404)
-        if not await run(actions.record_click, engine, target, now=clock.now()):
+        record = request.method == "GET"
+        if not await run(actions.record_click, engine, target, now=clock.now(), record=record):
             return _html(pages.error_page("invalid"), 404)
         return RedirectResponse(
             target.url, 302, headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
@@ -209,6 +210,8 @@ def create_app(engine: Engine, settings: Settings, clock: Clock) -> ASGIApp:
             data = json.loads(body)
         except (ValueError, UnicodeDecodeError) as exc:
             return JSONResponse({"error": f"the body is not JSON: {exc}"}, 400)
+        except RecursionError:  # [[[[... nested deeper than the parser goes
+            return JSONResponse({"error": "the body is JSON nested too deeply"}, 400)
         outcome = await run(import_events, engine, data, now=clock.now())
         return JSONResponse(outcome.body, outcome.status)
 
