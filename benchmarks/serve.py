@@ -148,6 +148,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--orders", type=int, default=100_000)
     parser.add_argument("--batch", type=int, default=1_000)
+    parser.add_argument("--workers", type=int, default=1, help="campaign serve --workers")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -155,12 +156,14 @@ def main() -> None:
         env = make_project(root, args.merchants)
         port = free_port()
         command = [sys.executable, "-c", "from engine.cli import main; main()", "serve",
-                   "--port", str(port), "--no-access-log", "--project", str(root)]  # fmt: skip
+                   "--port", str(port), "--no-access-log", "--workers", str(args.workers),
+                   "--project", str(root)]  # fmt: skip
         server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
         try:
             wait_until_up(port, server)
             print(
-                f"campaign serve on SQLite, {os.cpu_count()} CPUs, {args.concurrency} connections"
+                f"campaign serve on SQLite, {args.workers} worker(s), {os.cpu_count()} CPUs, "
+                f"{args.concurrency} connections"
             )
             health = [("GET", "/healthz", b"", "", 200)] * 5000
             baseline = report(

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import subprocess
+import sys
+import time
 from datetime import datetime
 
 import httpx
@@ -244,3 +249,32 @@ def test_serve_refuses_to_start_without_a_secret_key(project_dir, db_url):
     with pytest.raises(TokenError, match="CAMPAIGN_SECRET_KEY is not set"):
         make_server(project, FixedClock(NOW), host="127.0.0.1", port=0)
     project.close()
+
+
+def test_the_command_serves_in_several_worker_processes(project, project_env):
+    add_merchant(project.engine, 42)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-c", "from engine.cli import main; main()", "serve", "--port",
+               str(port), "--workers", "2", "--no-access-log", "--project", str(project.root)]  # fmt: skip
+    server = subprocess.Popen(command, env={**os.environ, **project_env})
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{base}/healthz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert server.poll() is None and time.monotonic() < deadline, "serve did not start"
+            time.sleep(0.2)
+        for _ in range(4):  # whichever process answers
+            assert httpx.post(f"{base}{_url(42)}", data=ONE_CLICK).status_code == 200
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(20)
+    assert [(e, t) for e, t, _, _ in _suppressions(project)] == [
+        ("seller42@contoh.id", "retention")
+    ]

@@ -29,10 +29,17 @@ from engine.clock import SystemClock, clock_for
     help="Port to listen on.",
 )
 @click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Server processes (one per core; with SQLite they share one writer).",
+)
+@click.option(
     "--access-log/--no-access-log", default=True, show_default=True, help="Log each request."
 )
 @project_option
-def serve(host: str, port: int, access_log: bool, project_dir: Path) -> None:
+def serve(host: str, port: int, workers: int, access_log: bool, project_dir: Path) -> None:
     """Answer one-click unsubscribes, the preference page, click redirects and the events API.
 
     Meant to run behind an HTTPS reverse proxy at CAMPAIGN_BASE_URL; needs
@@ -41,7 +48,8 @@ def serve(host: str, port: int, access_log: bool, project_dir: Path) -> None:
     """
     from engine.serve.server import serve as run_server  # starlette and uvicorn load only here
 
-    run_server(load_project(project_dir), SystemClock(), host=host, port=port, log=access_log)
+    project = load_project(project_dir)
+    run_server(project, SystemClock(), host=host, port=port, log=access_log, workers=workers)
 
 
 @cli.group()
