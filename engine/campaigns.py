@@ -34,7 +34,16 @@ DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 MAX_HOLDOUT = 0.5
 
 _KEYS: dict[str, tuple[str, ...]] = {
-    "common": ("kind", "topic", "segment", "from", "reply_to", "send_window", "holdout"),
+    "common": (
+        "kind",
+        "topic",
+        "segment",
+        "from",
+        "reply_to",
+        "send_window",
+        "holdout",
+        "track_clicks",
+    ),
     "drip": ("exit", "steps", "reenter_after"),
     "broadcast": ("template", "schedule", "timezone"),
 }
@@ -119,6 +128,7 @@ class Campaign:
     schedule: str | None = None
     timezone: str = "Asia/Jakarta"
     reenter_after: timedelta | None = None
+    track_clicks: bool = False  # links go through the signed click redirect (engine.links)
 
     @property
     def sender_address(self) -> str:
@@ -316,6 +326,7 @@ class _Reader:
         reply_to = self.field(("reply_to",), self.address) if "reply_to" in data else None
         window = self.field(("send_window",), self.send_window) if "send_window" in data else None
         holdout = self.field(("holdout",), self.holdout, 0.0) if "holdout" in data else 0.0
+        track_clicks = "track_clicks" in data and self.field(("track_clicks",), self.flag, False)
 
         steps: tuple[Step, ...] = ()
         exit_rule = template = schedule = reenter = None
@@ -357,6 +368,7 @@ class _Reader:
             schedule=schedule,
             timezone=timezone,
             reenter_after=reenter,
+            track_clicks=bool(track_clicks),
         )
 
     # converters: (loc, value) -> result, or raise _Skip after recording
@@ -460,6 +472,11 @@ class _Reader:
                 loc, f"{zone!r} is not an IANA time zone (e.g. Asia/Jakarta, Asia/Makassar)"
             ) from None
         return zone
+
+    def flag(self, loc: tuple, value: Any) -> bool:
+        if not isinstance(value, bool):
+            raise self.fail(loc, f"{loc[-1]} must be true or false, not {_describe(value)}")
+        return value
 
     def holdout(self, loc: tuple, value: Any) -> float:
         if isinstance(value, str) and _PERCENT.match(value):

@@ -87,6 +87,8 @@ class DeliverySettings:
     lease: timedelta = timedelta(minutes=5)
     timeout: timedelta = timedelta(seconds=30)
     batch_size: int = 100
+    # VERP envelope sender base (bounces+KEY@domain), see engine.bounces.verp; None: the From.
+    return_path: str | None = None
 
 
 @dataclass(frozen=True)
@@ -98,12 +100,19 @@ class SchedulerSettings:
 class LimitsSettings:
     frequency_cap: Rate | None = field(default_factory=lambda: parse_rate("3/7d", "smhdw"))
     frequency_cap_exempt: tuple[str, ...] = ("onboarding",)
+    soft_bounce_limit: int = 3  # soft bounces in 30 days before an address is suppressed
 
 
 @dataclass(frozen=True)
 class UnsubscribeSettings:
     base_url: str = "https://crm.example.id"
     mailto: str = "unsubscribe@example.id"
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    max_body: int = 1024 * 1024  # bytes: a bigger request body gets 413
+    trusted_proxies: tuple[str, ...] = ()  # X-Forwarded-* honoured only from these addresses
 
 
 @dataclass(frozen=True)
@@ -135,8 +144,10 @@ class Settings:
     unsubscribe: UnsubscribeSettings = field(default_factory=UnsubscribeSettings)
     dkim: DkimSettings = field(default_factory=DkimSettings)
     reports: ReportSettings = field(default_factory=ReportSettings)
+    serve: ServeSettings = field(default_factory=ServeSettings)
     smtp: SmtpSettings | None = None
     secret_key: Secret | None = None
+    api_token: Secret | None = None  # CAMPAIGN_API_TOKEN: switches the events API on
 
     @property
     def segments_dir(self) -> Path:
@@ -273,6 +284,34 @@ def _topics(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+_SIZE = re.compile(r"^\s*(\d+)\s*(B|KiB|MiB|KB|MB)?\s*$")
+_SIZE_UNITS = {None: 1, "B": 1, "KiB": 1024, "MiB": 1024**2, "KB": 1000, "MB": 1000**2}
+
+
+def _size(value: Any) -> int:
+    """``"1MiB"``, ``"512KiB"``, ``65536`` → bytes (above zero)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return _positive_int(value)
+    match = _SIZE.match(_text(value))
+    if not match or int(match.group(1)) <= 0:
+        raise ValueError(f"{value!r} is not a size such as 1MiB, 512KiB or 65536")
+    return int(match.group(1)) * _SIZE_UNITS[match.group(2)]
+
+
+def _addresses(value: Any) -> tuple[str, ...]:
+    """A list of IP addresses or networks (``127.0.0.1``, ``10.0.0.0/8``)."""
+    import ipaddress
+
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"{value!r} is not a list of IP addresses")
+    for item in value:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise ValueError(f"{item!r} is not an IP address or network") from None
+    return tuple(value)
+
+
 def _mailto(value: Any) -> str:
     from engine.addresses import normalize_email
 
@@ -367,7 +406,9 @@ def load_settings(project_dir: Path | str = ".", env: Mapping[str, str] | None =
                 raise SettingsError(f"{path}:{where.group(1)}: not valid TOML: {message}") from None
             raise SettingsError(f"{path}: not valid TOML: {message}") from None
 
-    sections = ("project", "delivery", "scheduler", "limits", "unsubscribe", "dkim", "reports")
+    sections = (
+        "project", "delivery", "scheduler", "limits", "unsubscribe", "dkim", "reports", "serve",
+    )  # fmt: skip
     for name in data:
         if name not in sections:
             raise _Reader(path, text, name, {}).fail(
@@ -387,7 +428,16 @@ def load_settings(project_dir: Path | str = ".", env: Mapping[str, str] | None =
     d = DeliverySettings()
     r = reader(
         "delivery",
-        ("connections", "rate", "max_attempts", "retry_backoff", "lease", "timeout", "batch_size"),
+        (
+            "connections",
+            "rate",
+            "max_attempts",
+            "retry_backoff",
+            "lease",
+            "timeout",
+            "batch_size",
+            "return_path",
+        ),
     )
     delivery = DeliverySettings(
         connections=r.get("connections", _connections, d.connections),
@@ -397,6 +447,7 @@ def load_settings(project_dir: Path | str = ".", env: Mapping[str, str] | None =
         lease=r.get("lease", _positive_duration, d.lease),
         timeout=r.get("timeout", _positive_duration, d.timeout),
         batch_size=r.get("batch_size", _positive_int, d.batch_size),
+        return_path=r.get("return_path", _mailto, d.return_path),
     )
     if delivery.lease <= delivery.timeout:
         # A claim must outlive the longest wait for the server's reply to the body, or a
@@ -409,10 +460,11 @@ def load_settings(project_dir: Path | str = ".", env: Mapping[str, str] | None =
     r = reader("scheduler", ("tick",))
     scheduler = SchedulerSettings(tick=r.get("tick", _positive_duration, SchedulerSettings().tick))
     lim = LimitsSettings()
-    r = reader("limits", ("frequency_cap", "frequency_cap_exempt"))
+    r = reader("limits", ("frequency_cap", "frequency_cap_exempt", "soft_bounce_limit"))
     limits = LimitsSettings(
         frequency_cap=r.get("frequency_cap", _cap, lim.frequency_cap),
         frequency_cap_exempt=r.get("frequency_cap_exempt", _topics, lim.frequency_cap_exempt),
+        soft_bounce_limit=r.get("soft_bounce_limit", _positive_int, lim.soft_bounce_limit),
     )
     u = UnsubscribeSettings()
     r = reader("unsubscribe", ("base_url", "mailto"))
@@ -431,6 +483,12 @@ def load_settings(project_dir: Path | str = ".", env: Mapping[str, str] | None =
         attribution_window=r.get(
             "attribution_window", _positive_duration, ReportSettings().attribution_window
         )
+    )
+    sv = ServeSettings()
+    r = reader("serve", ("max_body", "trusted_proxies"))
+    serve = ServeSettings(
+        max_body=r.get("max_body", _size, sv.max_body),
+        trusted_proxies=r.get("trusted_proxies", _addresses, sv.trusted_proxies),
     )
 
     if env.get("CAMPAIGN_BASE_URL"):
@@ -458,6 +516,7 @@ def load_settings(project_dir: Path | str = ".", env: Mapping[str, str] | None =
             else smtp.password,
         )
     secret = Secret(env["CAMPAIGN_SECRET_KEY"]) if env.get("CAMPAIGN_SECRET_KEY") else None
+    api_token = Secret(env["CAMPAIGN_API_TOKEN"]) if env.get("CAMPAIGN_API_TOKEN") else None
 
     return Settings(
         project_dir=project_dir,
@@ -469,6 +528,8 @@ def load_settings(project_dir: Path | str = ".", env: Mapping[str, str] | None =
         unsubscribe=unsubscribe,
         dkim=dkim,
         reports=reports,
+        serve=serve,
         smtp=smtp,
         secret_key=secret,
+        api_token=api_token,
     )

@@ -15,7 +15,8 @@ escapes is a bug of ours and keeps its traceback::
     │   └── TemplateError    templates/: cannot be loaded or rendered
     ├── HeaderError          a value that would reach a mail header is unsafe
     ├── SuppressionError     a suppression entry is wrong (address, topic)
-    ├── TokenError           an unsubscribe token is malformed, forged or of an unknown key
+    ├── TokenError           an unsubscribe or click token is malformed, forged or of an unknown key
+    ├── BounceError          a returned-mail file is neither an mbox file nor a Maildir folder
     ├── DeliveryError        the SMTP server or the outbox refuses the work
     └── ReportError          a report cannot be made (unknown campaign, bad --since/--until)
 """
@@ -89,7 +90,11 @@ class SuppressionError(CampaignError):
 
 
 class TokenError(CampaignError):
-    """An unsubscribe token is malformed, forged or signed with an unknown key."""
+    """An unsubscribe or click token is malformed, forged or signed with an unknown key."""
+
+
+class BounceError(CampaignError):
+    """A returned-mail file cannot be read as a mailbox (``campaign bounces import``)."""
 
 
 class DeliveryError(CampaignError):

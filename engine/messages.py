@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from engine.addresses import normalize_email, parse_address
 from engine.errors import DeliveryError, HeaderError, SettingsError, TemplateError
 from engine.keys import message_key
+from engine.links import with_tracked_links
 from engine.stats import batch_stats, empty_stats
 from engine.unsubscribe import signer_for, unsubscribe_mailto, unsubscribe_url
 
@@ -338,6 +339,10 @@ class MessageBuilder:
             or self.settings.project.default_locale,
         }
         rendered = chosen.render(context)
+        if self.campaign.track_clicks:
+            rendered = with_tracked_links(
+                rendered, base_url=self.base_url, message_key=key, signer=self.signer
+            )
         subject = check_header_value(rendered.subject, f"{who}: subject")
         mid = message_id(key, self.domain)
         boundary = "=_" + hashlib.sha256(key.encode()).hexdigest()[:24]

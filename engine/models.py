@@ -124,6 +124,8 @@ class Message(SQLModel, table=True):
         sa.Index("ix_messages_campaign_step", "campaign", "step", "run"),
         # The frequency cap: a merchant's recent messages.
         sa.Index("ix_messages_merchant_created", "merchant_id", "created_at"),
+        # Returned mail is matched to its message by Message-ID (engine.bounces).
+        sa.Index("ix_messages_message_id", "message_id"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -229,3 +231,51 @@ message_bodies = MessageBody.__table__
 attempts = Attempt.__table__
 suppressions = Suppression.__table__
 campaign_runs = CampaignRun.__table__
+
+
+# --- after sending: clicks and bounces (issue 12) -------------------------------
+
+
+class Click(SQLModel, table=True):
+    """One follow of a tracked link (``/c/TOKEN``): which message, which link, when."""
+
+    __tablename__ = "clicks"
+
+    id: int | None = Field(default=None, primary_key=True)
+    message_id: int = Field(
+        sa_column=sa.Column(
+            sa.Integer, sa.ForeignKey("messages.id", ondelete="CASCADE"), nullable=False, index=True
+        )
+    )
+    url: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    clicked_at: datetime = Field(sa_column=sa.Column(sa.DateTime(), nullable=False, index=True))
+
+
+class Bounce(SQLModel, table=True):
+    """A returned mail matched to its message: ``hard`` (5.x.x) or ``soft`` (4.x.x)."""
+
+    __tablename__ = "bounces"
+    __table_args__ = (
+        # One returned mail (its fingerprint) counts once per address: re-imports are no-ops.
+        sa.UniqueConstraint("fingerprint", "email", name="uq_bounces_fingerprint_email"),
+        # The soft-bounce limit: an address's soft bounces in the last 30 days.
+        sa.Index("ix_bounces_email_kind_at", "email", "kind", "bounced_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    message_id: int = Field(
+        sa_column=sa.Column(
+            sa.Integer, sa.ForeignKey("messages.id", ondelete="CASCADE"), nullable=False, index=True
+        )
+    )
+    email: str = Field(sa_column=sa.Column(sa.String(320), nullable=False))
+    kind: str = Field(sa_column=sa.Column(sa.String(10), nullable=False))
+    status: str | None = Field(default=None, sa_column=sa.Column(sa.String(20)))
+    diagnostic: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
+    fingerprint: str = Field(sa_column=sa.Column(sa.String(64), nullable=False))
+    bounced_at: datetime = Field(sa_column=sa.Column(sa.DateTime(), nullable=False))
+    imported_at: datetime = Field(sa_column=sa.Column(sa.DateTime(), nullable=False))
+
+
+clicks = Click.__table__
+bounces = Bounce.__table__

@@ -20,7 +20,7 @@ from engine.errors import SuppressionError
 from engine.models import suppressions
 
 ALL_TOPICS = "*"
-REASONS = ("unsubscribe", "hard_bounce", "complaint", "manual")
+REASONS = ("unsubscribe", "hard_bounce", "soft_bounce", "complaint", "manual")
 
 
 def check_topic(topic: str | None) -> str:

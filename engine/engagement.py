@@ -1,0 +1,69 @@
+"""What happened after sending, for the report: clicks, hard and soft bounces per campaign step.
+
+Set-based: one grouped query for clicks and one for bounces, whatever the
+number of messages. ``campaign report`` merges these counts into its rows,
+keyed like them by (campaign, step, run).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from engine.models import bounces, clicks, messages
+
+Key = tuple[
+    str, int | None, str | None
+]  # (campaign, step, run): step for drips, run for broadcasts
+COUNTS = ("clicks", "unique_clicks", "bounced", "soft_bounces")
+
+
+def _conditions(column, since: datetime | None, until: datetime | None, campaign: str | None):
+    conditions = []
+    if since is not None:
+        conditions.append(column >= since)
+    if until is not None:
+        conditions.append(column < until)
+    if campaign is not None:
+        conditions.append(messages.c.campaign == campaign)
+    return conditions
+
+
+def engagement_counts(
+    engine: Engine,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    campaign: str | None = None,
+) -> dict[Key, dict[str, int]]:
+    """``{(campaign, step, run): {"clicks", "unique_clicks", "bounced", "soft_bounces"}}``.
+
+    ``clicks`` counts every follow of a tracked link, ``unique_clicks`` the
+    messages with at least one; ``bounced`` the messages with a hard bounce,
+    ``soft_bounces`` those with a soft one. The times (click time, bounce time) fall in
+    ``[since, until)``; missing bounds are open.
+    """
+    group = (messages.c.campaign, messages.c.step, messages.c.run)
+    click_query = (
+        sa.select(*group, sa.func.count(), sa.func.count(sa.distinct(clicks.c.message_id)))
+        .select_from(clicks.join(messages, messages.c.id == clicks.c.message_id))
+        .where(*_conditions(clicks.c.clicked_at, since, until, campaign))
+        .group_by(*group)
+    )
+    bounce_query = (
+        sa.select(*group, bounces.c.kind, sa.func.count(sa.distinct(bounces.c.message_id)))
+        .select_from(bounces.join(messages, messages.c.id == bounces.c.message_id))
+        .where(*_conditions(bounces.c.bounced_at, since, until, campaign))
+        .group_by(*group, bounces.c.kind)
+    )
+    out: dict[Key, dict[str, int]] = {}
+    with engine.connect() as conn:
+        for name, step, run, total, unique in conn.execute(click_query):
+            row = out.setdefault((name, step, run), dict.fromkeys(COUNTS, 0))
+            row["clicks"], row["unique_clicks"] = total, unique
+        for name, step, run, kind, count in conn.execute(bounce_query):
+            row = out.setdefault((name, step, run), dict.fromkeys(COUNTS, 0))
+            row["bounced" if kind == "hard" else "soft_bounces"] += count
+    return out
