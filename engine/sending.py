@@ -259,6 +259,8 @@ def send_campaign(
     wait_retries: timedelta = timedelta(0),
     server_patience: float = 10.0,
     render_workers: int | None = None,
+    audience: sa.ColumnElement[bool] | None = None,
+    deliver: bool = True,
 ) -> SendReport:
     """Send a broadcast run (default ``manual``, resumed on every send) or a drip's step now.
 
@@ -266,7 +268,9 @@ def send_campaign(
     no connection is opened. ``transport_factory`` (tests, benchmarks) replaces
     the SMTP transport built from the settings. ``render_workers``: child
     processes that render (None: automatic, from ``POOL_THRESHOLD`` merchants
-    and a spare CPU; 0: render in this process).
+    and a spare CPU; 0: render in this process). ``audience`` (the drip tick): a
+    condition on ``merchants`` that replaces the campaign's segment; ``deliver=False``
+    queues the messages and returns without delivering them.
     """
     now = now or utcnow()
     settings = project.settings
@@ -278,17 +282,19 @@ def send_campaign(
             raise DeliveryError(
                 "CAMPAIGN_SECRET_KEY is not set: a real send needs it to sign unsubscribe links"
             )
-        if transport_factory is None:
+        if transport_factory is None and deliver:
             from engine.delivery import default_transport_factory
 
             transport_factory = default_transport_factory(settings)  # no SMTP URL: stop here
         engine = project.database()
     plan = _plan(settings, name, now=now, run=run, step=step, sending=not dry_run)
+    if audience is not None:
+        plan.condition = audience
     campaign = plan.campaign
     report = SendReport(
         campaign=campaign.name, kind=campaign.kind, dry_run=dry_run, step=plan.step, run=plan.run
     )
-    if campaign.kind == "drip":
+    if campaign.kind == "drip" and audience is None:
         report.notes.append(
             f"{campaign.name} is a drip: `send` sends step {plan.step} now to segment members "
             "who have not had it (send windows are not applied; `drip run` schedules the later steps)"
@@ -320,16 +326,20 @@ def send_campaign(
             if progress is not None:
                 progress(finished[0], report.would_send)
 
-        delivery = Delivery(
-            engine,
-            settings,
-            campaign=campaign.name,
-            run=plan.run,
-            step=plan.step,
-            transport_factory=transport_factory,
-            wait_retries=wait_retries,
-            on_result=on_result,
-            server_patience=server_patience,
+        delivery = (
+            Delivery(
+                engine,
+                settings,
+                campaign=campaign.name,
+                run=plan.run,
+                step=plan.step,
+                transport_factory=transport_factory,
+                wait_retries=wait_retries,
+                on_result=on_result,
+                server_patience=server_patience,
+            )
+            if deliver
+            else None
         )
         if plan.run is not None:
             with write_transaction(engine) as conn:
@@ -338,7 +348,8 @@ def send_campaign(
                     .values(campaign=campaign.name, run=plan.run, started_at=utcnow())
                     .on_conflict_do_nothing(index_elements=["campaign", "run"])
                 )
-        delivery.start()
+        if delivery is not None:
+            delivery.start()
 
     with _long_lived_frozen():
         try:
@@ -428,7 +439,16 @@ def _produce(
     pending: deque = deque()
 
     def record(results) -> None:
-        _record(engine, plan, report, results, dry_run=dry_run, out_dir=out_dir, delivery=delivery)
+        _record(
+            engine,
+            plan,
+            report,
+            results,
+            now=now,
+            dry_run=dry_run,
+            out_dir=out_dir,
+            delivery=delivery,
+        )
         if progress is not None and dry_run:
             progress(report.audience, total)
 
@@ -480,7 +500,7 @@ def _produce(
                     )
             if recorded and not dry_run:
                 # The control group and the suppressed, recorded once per run for the report.
-                enqueue(engine, recorded)
+                enqueue(engine, recorded, now=now)
             if local:
                 record(results)
                 continue
@@ -507,6 +527,7 @@ def _record(
     report: SendReport,
     results,
     *,
+    now: datetime | None = None,
     dry_run: bool,
     out_dir: Path | None,
     delivery,
@@ -541,8 +562,8 @@ def _record(
         if not dry_run and not written:
             outbox.append(_new_message(plan, result, rendered))
     if outbox:
-        report.enqueued += enqueue(engine, outbox)
-    if not dry_run and results:
+        report.enqueued += enqueue(engine, outbox, now=now)
+    if not dry_run and results and delivery is not None:
         delivery.notify()
 
 
@@ -666,7 +687,11 @@ def _render_remote(
         for r in results:
             if hasattr(r, "data"):
                 (out_dir / _eml_name(r.key)).write_bytes(r.data)
-    new = enqueue(_WORKER["engine"], [_new_message(plan, r, hasattr(r, "data")) for r in results])
+    new = enqueue(
+        _WORKER["engine"],
+        [_new_message(plan, r, hasattr(r, "data")) for r in results],
+        now=_WORKER["now"],
+    )
     return _Enqueued(
         [
             _Rendered(r.key, r.merchant_id, r.email, r.subject, r.message_id, b"")
