@@ -18,6 +18,7 @@ from engine.campaigns.values import (
     SendWindow,
     Step,
     check_cron,
+    fire_times,
     in_holdout,
 )
 
@@ -31,6 +32,7 @@ __all__ = [
     "Step",
     "campaign_files",
     "check_cron",
+    "fire_times",
     "in_holdout",
     "load_campaign",
     "load_campaigns",

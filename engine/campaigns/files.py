@@ -42,12 +42,14 @@ _KEYS: dict[str, tuple[str, ...]] = {
     "drip": ("exit", "steps", "reenter_after"),
     "broadcast": ("template", "schedule", "timezone"),
 }
+KEYS = _KEYS  # the schema (engine.campaigns.schema) is generated from these
 _ALL_KEYS = tuple(k for keys in _KEYS.values() for k in keys)
-_STEP_KEYS = ("template", "delay", "when")
-_WINDOW_KEYS = ("days", "hours")
+STEP_KEYS = _STEP_KEYS = ("template", "delay", "when")
+WINDOW_KEYS = _WINDOW_KEYS = ("days", "hours")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _TEMPLATE_NAME = re.compile(r"^[A-Za-z0-9_-]+(?:/[A-Za-z0-9_-]+)*$")
-_HOURS = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*$")
+HOURS_PATTERN = r"^\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*$"
+_HOURS = re.compile(HOURS_PATTERN)
 _ADDRESS = re.compile(
     r'^\s*(?:"([^"\\]*)"\s*<([^<>]+)>|([^<>",;]*?)\s*<([^<>]+)>|([^<>",;\s]+))\s*$'
 )

@@ -159,3 +159,23 @@ def check_cron(expr: str, timezone: str) -> None:
         raise ValueError(str(exc)) from None
     if trigger.get_next_fire_time(None, datetime.now(UTC)) is None:
         raise ValueError("never fires (no date matches it)")
+
+
+def fire_times(expr: str, timezone: str, after: datetime, until: datetime) -> list[datetime]:
+    """The fire times of a cron ``schedule`` in ``(after, until]`` (naive UTC, oldest first)."""
+    from datetime import UTC
+
+    from apscheduler.triggers.cron import CronTrigger
+
+    trigger = CronTrigger.from_crontab(expr, timezone=timezone)
+    found: list[datetime] = []
+    previous = None
+    moment = after.replace(tzinfo=UTC) + timedelta(microseconds=1)
+    end = until.replace(tzinfo=UTC)
+    while len(found) < 10_000:
+        fire = trigger.get_next_fire_time(previous, moment)
+        if fire is None or fire > end:
+            break
+        found.append(fire.astimezone(UTC).replace(tzinfo=None))
+        previous, moment = fire, fire + timedelta(seconds=1)
+    return found
