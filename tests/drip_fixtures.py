@@ -11,7 +11,7 @@ from conftest import write_files
 from engine.clock import FixedClock
 from engine.db import write_transaction
 from engine.drips import tick
-from engine.models import messages, merchants, orders
+from engine.models import merchants, messages, orders
 
 # Monday 5 January 2026, 03:00 UTC = 10:00 WIB, 11:00 WITA, 12:00 WIT.
 MONDAY = datetime(2026, 1, 5, 3, 0)
