@@ -127,7 +127,7 @@ def simulate(
 ) -> Simulation:
     """Who gets which step of ``name`` when over the next ``days`` days if the data does not change."""
     from engine.drips import enrolment
-    from engine.drips.tick import tick
+    from engine.drips.tick import load_definitions, tick
     from engine.windows import present_zones
 
     if days < 1:
@@ -136,16 +136,22 @@ def simulate(
     end = now + timedelta(days=days)
     result = Simulation(campaign=name, start=now, end=end)
     with on_copy(project) as copy:
+        definitions = load_definitions(copy)
+        if name not in definitions.campaigns:
+            from engine.campaigns import load_campaign
+
+            load_campaign(copy.settings, name, definitions.segments)  # raises, naming the file
+        campaign = definitions.campaigns[name]
         clock = FixedClock(now)
         with copy.engine.connect() as conn:
             zones = present_zones(conn)
         first_id = _last_message_id(copy.engine)
         while clock.now() < end:
-            report = tick(copy, clock=clock, campaign=name, deliver=False)
+            report = tick(copy, clock=clock, campaign=name, deliver=False, definitions=definitions)
             result.ticks.append(clock.now())
             result.exited += report.exited
             result.holdout += sum(sum(d.holdout.values()) for d in report.drips)
-            upcoming = _next_event(copy, name, clock.now(), zones, enrolment)
+            upcoming = _next_event(copy, campaign, clock.now(), zones, enrolment)
             target = clock.now() + step
             if upcoming is not None and clock.now() < upcoming < target:
                 target = upcoming
@@ -178,13 +184,11 @@ def _planned(engine, name: str, after_id: int) -> list[Planned]:
     return [Planned(m, x, s or 1, at) for m, x, s, _run, at in rows]
 
 
-def _next_event(copy, name: str, now: datetime, zones: list[str], enrolment) -> datetime | None:
-    """The next moment a step of drip ``name`` falls due, or its window opens for one that is due."""
-    from engine.campaigns import load_campaign
-    from engine.segments import load_segments
+def _next_event(copy, campaign, now: datetime, zones: list[str], enrolment) -> datetime | None:
+    """The next moment a step of the drip falls due, or its window opens for one that is due."""
     from engine.windows import opening_in, valid_zone
 
-    campaign = load_campaign(copy.settings, name, load_segments(copy.settings.segments_dir))
+    name = campaign.name
     if campaign.kind != "drip":
         return None
     e = drip_enrolments
