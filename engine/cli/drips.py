@@ -158,4 +158,5 @@ def worker(once: bool, project_dir: Path) -> None:
     from engine.worker import run_worker
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)  # our own line per tick is enough
     run_worker(load_project(project_dir), once=once)
