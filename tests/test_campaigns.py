@@ -248,8 +248,12 @@ def test_example_campaigns_all_load(example_dir):
     campaigns = load(example_dir)
     assert len(campaigns) >= 6
     kinds = {(c.kind, c.topic) for c in campaigns.values()}
-    for topic in ("onboarding", "retention", "promo", "partnership"):
+    for topic in ("onboarding", "promo", "partnership"):
         assert ("broadcast", topic) in kinds
+    # Issue 10's examples: onboarding, win-back and revenue-drop drips; 12.12 is scheduled.
+    assert {("drip", "onboarding"), ("drip", "retention")} <= kinds
+    assert campaigns["retention-revenue-drop"].kind == "drip"
+    assert campaigns["promo-harbolnas-1212"].schedule is not None
     welcome = campaigns["onboarding-welcome"]
     assert [s.template for s in welcome.steps] == [
         "onboarding/welcome",

@@ -132,3 +132,17 @@ def test_three_workers_on_postgresql_send_nothing_twice(tmp_path, smtp_server):
         with admin.begin() as conn:
             conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
         admin.dispose()
+
+
+def test_scheduler_settings_read_broadcast_grace(tmp_path):
+    from engine.config import load_settings
+    from engine.errors import SettingsError
+
+    (tmp_path / "campaign.toml").write_text('[scheduler]\ntick = "30s"\nbroadcast_grace = "2h"\n')
+    settings = load_settings(tmp_path, env={})
+    assert settings.scheduler.tick == timedelta(seconds=30)
+    assert settings.scheduler.broadcast_grace == timedelta(hours=2)
+    assert load_settings(tmp_path / "none", env={}).scheduler.broadcast_grace == timedelta(hours=6)
+    (tmp_path / "campaign.toml").write_text('[scheduler]\nbroadcast_grace = "soon"\n')
+    with pytest.raises(SettingsError, match="broadcast_grace"):
+        load_settings(tmp_path, env={})
