@@ -10,85 +10,19 @@ falls due or a send window opens, so a forecast over weeks is a few hundred tick
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 
 from engine.clock import FixedClock
-from engine.db import is_sqlite, make_engine, upgrade_schema
 from engine.errors import CampaignError
 from engine.models import (
-    activities,
-    campaign_runs,
     drip_enrolments,
     merchants,
     messages,
-    orders,
-    schedule_fires,
-    suppressions,
 )
-
-# Copied from PostgreSQL in this order (foreign keys); message bodies and attempts are not needed.
-_TABLES = (
-    merchants,
-    orders,
-    activities,
-    suppressions,
-    messages,
-    campaign_runs,
-    drip_enrolments,
-    schedule_fires,
-)
-_CHUNK = 5000
-
-
-@contextlib.contextmanager
-def on_copy(project) -> Iterator[Any]:
-    """A project whose database is a throw-away SQLite copy of ``project``'s."""
-    from engine.drips.tick import with_secret
-    from engine.project import Project
-
-    source = project.database()
-    with tempfile.TemporaryDirectory(prefix="campaign-sim-") as folder:
-        path = Path(folder) / "copy.db"
-        url = f"sqlite:///{path}"
-        target = make_engine(url)
-        try:
-            if is_sqlite(source):
-                _backup(source, target)
-            else:
-                upgrade_schema(target)
-                _copy_rows(source, target)
-            settings = dataclasses.replace(with_secret(project.settings), database_url=url)
-            copy = Project(settings, target)
-            yield copy
-        finally:
-            target.dispose()
-
-
-def _backup(source, target) -> None:
-    src = source.raw_connection()
-    dst = target.raw_connection()
-    try:
-        src.driver_connection.backup(dst.driver_connection)
-    finally:
-        dst.close()
-        src.close()
-
-
-def _copy_rows(source, target) -> None:
-    with source.connect() as src, target.begin() as dst:
-        for table in _TABLES:
-            result = src.execution_options(yield_per=_CHUNK).execute(sa.select(table))
-            for chunk in result.mappings().partitions(_CHUNK):
-                dst.execute(table.insert(), [dict(r) for r in chunk])
 
 
 @dataclass
@@ -127,6 +61,7 @@ def simulate(
 ) -> Simulation:
     """Who gets which step of ``name`` when over the next ``days`` days if the data does not change."""
     from engine.drips import enrolment
+    from engine.drips.copy import on_copy
     from engine.drips.tick import load_definitions, tick
     from engine.windows import present_zones
 

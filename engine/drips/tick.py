@@ -11,7 +11,6 @@ make a tick run twice, or on two machines at once, enrol and queue nothing twice
 
 from __future__ import annotations
 
-import dataclasses
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -157,7 +156,7 @@ def tick(
     spares re-reading the project's files on every tick.
     """
     if dry_run:
-        from engine.drips.simulate import on_copy
+        from engine.drips.copy import on_copy
 
         with on_copy(project) as copy:
             report = tick(copy, clock=clock, campaign=campaign, deliver=False)
@@ -329,12 +328,3 @@ def run_schedule(
             )
         fires.append(BroadcastFire(campaign.name, fire_at, label, outcome, queued))
     return fires
-
-
-def with_secret(settings):
-    """Settings that can render (a stand-in signing key) for work on a copy that is thrown away."""
-    if settings.secret_key is not None:
-        return settings
-    from engine.config import Secret
-
-    return dataclasses.replace(settings, secret_key=Secret("simulation-only"))
