@@ -93,7 +93,11 @@ def exit_goal(
     """Mark the enrolments whose merchant matches the exit rule; returns exits per step they miss."""
     result = conn.execute(
         e.update()
-        .where(active(campaign.name), e.c.merchant_id.in_(sa.select(merchants.c.id).where(goal)))
+        # Correlated: the goal is evaluated for the enrolled merchants only, by index.
+        .where(
+            active(campaign.name),
+            sa.exists().where(merchants.c.id == e.c.merchant_id, goal),
+        )
         .values(exited_at=now, exit_reason=GOAL, exit_step=e.c.step + 1)
         .returning(e.c.exit_step)
     )

@@ -4,7 +4,7 @@ The copy is a temporary SQLite file (SQLite's backup API, or the rows of a
 PostgreSQL database copied over), so that nothing in the real database changes
 and the tick code is the one ``drip run`` runs, not a second implementation.
 The clock starts at ``now`` and moves from tick to tick: by ``every`` (the
-scheduler's tick, at least an hour), and straight to the next moment a step
+scheduler's tick, at least 6 hours), and straight to the next moment a step
 falls due or a send window opens, so a forecast over weeks is a few hundred ticks.
 """
 
@@ -23,6 +23,10 @@ from engine.models import (
     merchants,
     messages,
 )
+
+# Between events (a step falling due, a window opening) the forecast ticks this
+# often, to see merchants newly matching a segment as time passes.
+DEFAULT_EVERY = timedelta(hours=6)
 
 
 @dataclass
@@ -67,7 +71,7 @@ def simulate(
 
     if days < 1:
         raise CampaignError("simulate needs --days 1 or more")
-    step = every or max(project.settings.scheduler.tick, timedelta(hours=1))
+    step = every or max(project.settings.scheduler.tick, DEFAULT_EVERY)
     end = now + timedelta(days=days)
     result = Simulation(campaign=name, start=now, end=end)
     with on_copy(project) as copy:
