@@ -133,6 +133,13 @@ def test_holdout_is_stable_recorded_and_never_emailed(project, project_dir):
     assert all(st == "holdout" for m, _s, st, _at in rows if m in held)
     assert sum(sum(d.holdout.values()) for r in reports for d in r.drips) == 3 * len(held)
     assert reports[0].queued == 200 - len(held)
+    from engine.drips.explain import explain
+
+    story = explain(project, "welcome", str(min(held)), now=MONDAY + 6 * DAY)
+    assert story.holdout and story.status == "finished"
+    assert [(s.state, s.reason) for s in story.steps] == [
+        ("holdout", "control group: recorded, never emailed")
+    ] * 3
 
 
 def test_the_frequency_cap_holds_a_step_and_releases_it_later(project, project_dir):

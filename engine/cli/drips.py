@@ -38,7 +38,13 @@ def drip_run(
     report = tick(project, clock=clock_for(parse_now(now_text)), campaign=campaign, dry_run=dry_run)
     if output_format == "json":
         print_json(report.to_json())
-        return
+    else:
+        _print_tick(report)
+    if report.failed:
+        raise SystemExit(1)
+
+
+def _print_tick(report) -> None:
     rows = []
     for d in report.drips:
         waiting = ", ".join(f"{k} {v}" for k, v in sorted(d.waiting.items()) if v)

@@ -105,6 +105,11 @@ class TickReport:
         )
 
     @property
+    def failed(self) -> bool:
+        """Something needs attention: a message failed, or the SMTP server was unavailable."""
+        return bool(self.delivered.get("failed") or self.server_down)
+
+    @property
     def waiting(self) -> Counter:
         total: Counter = Counter()
         for d in self.drips:
@@ -164,6 +169,11 @@ def tick(
         return report
     now = clock.now()
     settings = project.settings
+    if deliver and transport_factory is None:
+        from engine.delivery import default_transport_factory
+
+        # Before any work: no SMTP server configured stops the tick, not half of it.
+        transport_factory = default_transport_factory(settings)
     engine = project.database()
     definitions = definitions or load_definitions(project)
     campaigns = _selected(project, definitions, campaign)
@@ -186,11 +196,11 @@ def tick(
             report.broadcasts.extend(
                 run_schedule(project, item, now=now, grace=settings.scheduler.broadcast_grace)
             )
-    if deliver and report.queued:
-        from engine.delivery import Delivery, default_transport_factory
+    if deliver:
+        from engine.delivery import Delivery
 
-        factory = transport_factory or default_transport_factory(settings)
-        stats = Delivery(engine, settings, transport_factory=factory).run()
+        # Also what earlier ticks left waiting (deferred, due for retry).
+        stats = Delivery(engine, settings, transport_factory=transport_factory).run()
         report.delivered.update(stats.states)
         report.server_down = stats.server_down
     return report
