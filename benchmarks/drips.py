@@ -94,7 +94,7 @@ def _prepared(n: int, pg: str | None) -> str:
     return f"sqlite:///{copy}"
 
 
-def one_size(n: int, pg: str | None) -> dict[str, float]:
+def one_size(n: int, pg: str | None, due: bool) -> dict[str, float]:
     url = _prepared(n, pg)
     project = _project(url)
     engine = project.database()
@@ -113,7 +113,7 @@ def one_size(n: int, pg: str | None) -> dict[str, float]:
         ("steady", NOW + timedelta(hours=1)),
         ("monday", NOW + timedelta(hours=15)),
     )
-    for label, at in moments:
+    for label, at in moments if due else moments[:2]:
         counter.count = 0
         started = time.perf_counter()
         report = tick(project, clock=FixedClock(at), deliver=False)
@@ -151,13 +151,25 @@ def main() -> None:
         "--pg", default=None, help="also run on this PostgreSQL URL (its tables are replaced)"
     )
     parser.add_argument("--no-simulate", action="store_true")
+    parser.add_argument(
+        "--render-up-to",
+        type=int,
+        default=100_000,
+        help="run the Monday tick (which renders every step 1) only up to this many merchants",
+    )
+    parser.add_argument("--only-simulate", action="store_true")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     steady = {}
+    if args.only_simulate:
+        simulate_size(min(sizes))
+        return
     for backend in ["sqlite", *(["postgresql"] if args.pg else [])]:
         for n in sizes:
             print(f"{backend}: {n:,} merchants, now = {NOW.isoformat()}", flush=True)
-            figures = one_size(n, args.pg if backend == "postgresql" else None)
+            figures = one_size(
+                n, args.pg if backend == "postgresql" else None, n <= args.render_up_to
+            )
             steady[(backend, n)] = figures["steady_statements"]
     for backend in {b for b, _ in steady}:
         counts = {n: c for (b, n), c in steady.items() if b == backend}
