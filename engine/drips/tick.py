@@ -22,7 +22,7 @@ from engine.campaigns import Campaign, fire_times, load_campaigns
 from engine.clock import Clock
 from engine.db import dialect_insert, write_transaction
 from engine.drips import enrolment
-from engine.errors import CampaignError
+from engine.errors import CampaignError, DeliveryError
 from engine.models import schedule_fires
 from engine.sending import send_campaign
 from engine.windows import present_zones, window_open
@@ -169,6 +169,10 @@ def tick(
         return report
     now = clock.now()
     settings = project.settings
+    if settings.secret_key is None:
+        raise DeliveryError(
+            "CAMPAIGN_SECRET_KEY is not set: a tick needs it to sign unsubscribe links"
+        )
     if deliver and transport_factory is None:
         from engine.delivery import default_transport_factory
 
