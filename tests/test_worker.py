@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from datetime import timedelta
@@ -23,11 +24,18 @@ from engine.times import utcnow
 TOML = '[scheduler]\ntick = "1s"\n\n[delivery]\nrate = "500/s"\nconnections = 2\n'
 
 
-def _project(tmp_path, url: str, count: int):
+def _project(tmp_path, url: str, count: int, toml: str = TOML):
     root = tmp_path / "project"
-    write_files(root, {**FILES, "campaign.toml": TOML})
+    write_files(root, {**FILES, "campaign.toml": toml})
     engine = make_engine(url)
     upgrade_schema(engine)
+    _add_merchants(engine, count)
+    return root, engine
+
+
+def _add_merchants(engine, count: int) -> None:
+    if not count:
+        return
     now = utcnow()
     with write_transaction(engine) as conn:
         conn.execute(
@@ -43,27 +51,51 @@ def _project(tmp_path, url: str, count: int):
                 for i in range(1, count + 1)
             ],
         )
-    return root, engine
 
 
-def _start(root, url: str, smtp_url: str) -> subprocess.Popen:
-    env = {
-        **os.environ,
-        "CAMPAIGN_DATABASE_URL": url,
-        "CAMPAIGN_SMTP_URL": smtp_url,
-        "CAMPAIGN_SECRET_KEY": "worker-test-key",
-        "PYTHONPATH": str(REPO),
-    }
-    return subprocess.Popen(
-        [str(Path(sys.executable).parent / "campaign"), "worker", "--project", str(root)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+class Running:
+    """A ``campaign worker`` process and the lines it has logged so far."""
+
+    def __init__(self, root, url: str, smtp_url: str) -> None:
+        env = {
+            **os.environ,
+            "CAMPAIGN_DATABASE_URL": url,
+            "CAMPAIGN_SMTP_URL": smtp_url,
+            "CAMPAIGN_SECRET_KEY": "worker-test-key",
+            "PYTHONPATH": str(REPO),
+        }
+        self.proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "campaign"), "worker", "--project", str(root)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    def logged(self, text: str) -> bool:
+        return any(text in line for line in list(self.lines))
+
+    def stop(self) -> tuple[int, str, float]:
+        """SIGTERM; returns (exit code, output, seconds it took to exit)."""
+        started = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout=30)
+        took = time.monotonic() - started
+        self._reader.join(timeout=5)
+        assert self.proc.stdout is not None
+        self.proc.stdout.close()
+        return code, "".join(self.lines), took
 
 
-def _wait_for(predicate, timeout: float = 60.0) -> None:
+def _wait_for(predicate, timeout: float = 90.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
@@ -72,21 +104,14 @@ def _wait_for(predicate, timeout: float = 60.0) -> None:
     raise AssertionError("timed out")
 
 
-def _stop(proc: subprocess.Popen) -> tuple[int, str, float]:
-    started = time.monotonic()
-    proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=30)
-    return proc.returncode, out, time.monotonic() - started
-
-
 def test_worker_delivers_and_stops_on_sigterm(tmp_path, smtp_server):
     url = f"sqlite:///{tmp_path / 'campaign.db'}"
     root, engine = _project(tmp_path, url, 5)
-    proc = _start(root, url, smtp_server.url)
+    worker = Running(root, url, smtp_server.url)
     try:
         _wait_for(lambda: len(smtp_server.messages) >= 5)
     finally:
-        code, out, took = _stop(proc)
+        code, out, took = worker.stop()
     assert code == 0, out
     assert took < 10
     assert sorted(m.rcpt_tos[0] for m in smtp_server.messages) == [
@@ -111,13 +136,21 @@ def test_three_workers_on_postgresql_send_nothing_twice(tmp_path, smtp_server):
         conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
     try:
         url = _pg_schema_url(schema)
-        root, engine = _project(tmp_path, url, 60)
-        procs = [_start(root, url, smtp_server.url) for _ in range(3)]
+        # Small claims (4 messages: rate x lease / 4) and a slow server, so that each
+        # worker's delivery loop gets a share; the merchants arrive once all three run.
+        slow = (
+            '[scheduler]\ntick = "1s"\n\n[delivery]\nrate = "8/s"\nconnections = 1\nlease = "2s"\n'
+        )
+        root, engine = _project(tmp_path, url, 0, slow)
+        smtp_server.delay("body", 0.1)
+        workers = [Running(root, url, smtp_server.url) for _ in range(3)]
         try:
+            _wait_for(lambda: all(w.logged("worker started") for w in workers))
+            _add_merchants(engine, 60)
             _wait_for(lambda: len(smtp_server.messages) >= 60)
             time.sleep(3)  # a few more ticks each: nothing more may arrive
         finally:
-            results = [_stop(p) for p in procs]
+            results = [w.stop() for w in workers]
         assert [code for code, _out, _took in results] == [0, 0, 0], results
         received = [m.rcpt_tos[0] for m in smtp_server.messages]
         assert len(received) == 60 and len(set(received)) == 60
