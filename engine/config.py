@@ -94,6 +94,7 @@ class DeliverySettings:
 @dataclass(frozen=True)
 class SchedulerSettings:
     tick: timedelta = timedelta(minutes=1)
+    broadcast_grace: timedelta = timedelta(hours=6)  # a missed fire time is sent this late at most
 
 
 @dataclass(frozen=True)
@@ -457,8 +458,12 @@ def load_settings(project_dir: Path | str = ".", env: Mapping[str, str] | None =
             f"{_span(delivery.lease)} is not longer than the SMTP timeout "
             f"({_span(delivery.timeout)}): a lease must outlast the wait for the server's reply",
         )
-    r = reader("scheduler", ("tick",))
-    scheduler = SchedulerSettings(tick=r.get("tick", _positive_duration, SchedulerSettings().tick))
+    r = reader("scheduler", ("tick", "broadcast_grace"))
+    sch = SchedulerSettings()
+    scheduler = SchedulerSettings(
+        tick=r.get("tick", _positive_duration, sch.tick),
+        broadcast_grace=r.get("broadcast_grace", _duration, sch.broadcast_grace),
+    )
     lim = LimitsSettings()
     r = reader("limits", ("frequency_cap", "frequency_cap_exempt", "soft_bounce_limit"))
     limits = LimitsSettings(

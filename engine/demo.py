@@ -417,7 +417,30 @@ def _show_examples(project, summary: DemoSummary, now: datetime) -> None:
         )
     )
     summary.sections.append(("A few of the messages", ("campaign", "to", "subject"), samples))
+    if "onboarding-welcome" in campaigns:
+        _simulate_onboarding(project, summary, now)
     summary.notes.append(
         "Next: `campaign render CAMPAIGN --merchant ID --out out/` to see one message, "
         "`campaign send CAMPAIGN --dry-run --out out/` for all of them as .eml files."
+    )
+
+
+SIMULATED_DAYS = 14
+
+
+def _simulate_onboarding(project, summary, now) -> None:
+    """The onboarding drip's forecast: messages per step and day, on a copy of the database."""
+    from engine.drips.simulate import simulate
+
+    result = simulate(project, "onboarding-welcome", days=SIMULATED_DAYS, now=now)
+    per_day: dict[tuple[str, int], int] = {}
+    for planned in result.planned:
+        key = (planned.at.date().isoformat(), planned.step)
+        per_day[key] = per_day.get(key, 0) + 1
+    summary.sections.append(
+        (
+            f"Simulation of onboarding-welcome over {SIMULATED_DAYS} days (nothing written)",
+            ("day (UTC)", "step", "messages"),
+            [(day, step, n) for (day, step), n in sorted(per_day.items())],
+        )
     )

@@ -279,3 +279,52 @@ class Bounce(SQLModel, table=True):
 
 clicks = Click.__table__
 bounces = Bounce.__table__
+# --- drips and schedules (issue 10) ----------------------------------------------
+
+
+class DripEnrolment(SQLModel, table=True):
+    """One merchant's entry into a drip: its progress, and how it ended (exit or finish)."""
+
+    __tablename__ = "drip_enrolments"
+    __table_args__ = (
+        sa.UniqueConstraint("campaign", "merchant_id", "cycle", name="uq_drip_enrolments"),
+        sa.Index("ix_drip_enrolments_campaign_step", "campaign", "step"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    campaign: str = Field(sa_column=sa.Column(sa.String(100), nullable=False))
+    merchant_id: int = Field(
+        sa_column=sa.Column(
+            sa.Integer, sa.ForeignKey("merchants.id", ondelete="CASCADE"), nullable=False
+        )
+    )
+    cycle: int = Field(
+        default=1, sa_column=sa.Column(sa.Integer, nullable=False, server_default="1")
+    )
+    entered_at: datetime = Field(sa_column=sa.Column(sa.DateTime(), nullable=False))
+    step: int = Field(
+        default=0, sa_column=sa.Column(sa.Integer, nullable=False, server_default="0")
+    )
+    step_at: datetime | None = Field(default=None, sa_column=sa.Column(sa.DateTime()))
+    skipped: str | None = Field(default=None, sa_column=sa.Column(sa.String(200)))
+    exited_at: datetime | None = Field(default=None, sa_column=sa.Column(sa.DateTime()))
+    exit_reason: str | None = Field(default=None, sa_column=sa.Column(sa.String(50)))
+    exit_step: int | None = Field(default=None, sa_column=sa.Column(sa.Integer))
+    finished_at: datetime | None = Field(default=None, sa_column=sa.Column(sa.DateTime()))
+
+
+class ScheduleFire(SQLModel, table=True):
+    """A scheduled broadcast's fire time, decided once: ``sent`` or ``skipped`` (too late)."""
+
+    __tablename__ = "schedule_fires"
+    __table_args__ = (sa.UniqueConstraint("campaign", "fire_at", name="uq_schedule_fires"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    campaign: str = Field(sa_column=sa.Column(sa.String(100), nullable=False))
+    fire_at: datetime = Field(sa_column=sa.Column(sa.DateTime(), nullable=False))
+    outcome: str = Field(sa_column=sa.Column(sa.String(20), nullable=False))
+    decided_at: datetime = Field(sa_column=sa.Column(sa.DateTime(), nullable=False))
+
+
+drip_enrolments = DripEnrolment.__table__
+schedule_fires = ScheduleFire.__table__

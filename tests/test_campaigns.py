@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from conftest import REPO, write_files
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine.campaigns import (
@@ -248,8 +248,12 @@ def test_example_campaigns_all_load(example_dir):
     campaigns = load(example_dir)
     assert len(campaigns) >= 6
     kinds = {(c.kind, c.topic) for c in campaigns.values()}
-    for topic in ("onboarding", "retention", "promo", "partnership"):
+    for topic in ("onboarding", "promo", "partnership"):
         assert ("broadcast", topic) in kinds
+    # Issue 10's examples: onboarding, win-back and revenue-drop drips; 12.12 is scheduled.
+    assert {("drip", "onboarding"), ("drip", "retention")} <= kinds
+    assert campaigns["retention-revenue-drop"].kind == "drip"
+    assert campaigns["promo-harbolnas-1212"].schedule is not None
     welcome = campaigns["onboarding-welcome"]
     assert [s.template for s in welcome.steps] == [
         "onboarding/welcome",
@@ -562,3 +566,20 @@ def test_revenue_drop_shows_the_merchants_own_numbers(example_dir):
     english = templates.get("retention/revenue-drop", "en").render({**context, "locale": "en"})
     assert english.subject == "Revenue at Toko Batik Budi fell 40%: 3 steps for this week"
     assert "November 20, 2026" in english.text and "Rp4.200.000" in english.text
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(h1=st.integers(0, 30), m1=st.integers(0, 70), h2=st.integers(0, 30), m2=st.integers(0, 70))
+def test_window_hours_load_only_when_valid_and_in_order(proj, h1, m1, h2, m2):
+    hours = f"{h1:02d}:{m1:02d}-{h2:02d}:{m2:02d}"
+    write_files(proj, {"campaigns/c.yaml": BROADCAST + f'send_window: {{hours: "{hours}"}}\n'})
+    valid = h1 < 24 and h2 < 24 and m1 < 60 and m2 < 60 and (h1, m1) < (h2, m2)
+    if valid:
+        window = load(proj)["c"].send_window
+        assert (window.start, window.end) == (time(h1, m1), time(h2, m2))
+    else:
+        problems = problems_of(proj)
+        assert [(p.path.name, p.line) for p in problems] == [("c.yaml", 6)]
+        assert "hours" in str(problems[0])

@@ -1,4 +1,4 @@
-"""Commands for segments: ``segment list|count|show|explain`` and ``schema segment``."""
+"""Commands for segments: ``segment list|count|show|explain``; ``schema segment|campaign``."""
 
 from __future__ import annotations
 
@@ -148,6 +148,31 @@ def schema_segment(out: Path | None, project_dir: Path) -> None:
     "yaml.schemas": {"segment.schema.json": "segments/*.yaml"}.
     """
     text = schema_text()
+    if out is None:
+        click.echo(text, nl=False)
+    else:
+        out = out if out.is_absolute() else project_dir / out
+        out.write_text(text, encoding="utf-8")
+        click.echo(f"Wrote {out}.")
+
+
+@schema.command("campaign")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write to this file (relative to the project folder) instead of standard output.",
+)
+@project_option
+def schema_campaign(out: Path | None, project_dir: Path) -> None:
+    """The JSON Schema of campaigns/*.yaml.
+
+    Point your editor at it, e.g. with the YAML extension in VS Code:
+    "yaml.schemas": {"campaign.schema.json": "campaigns/*.yaml"}.
+    """
+    from engine.campaigns.schema import schema_text as campaign_schema_text
+
+    text = campaign_schema_text()
     if out is None:
         click.echo(text, nl=False)
     else:

@@ -1,4 +1,4 @@
-"""Campaign files (``campaigns/NAME.yaml``): loaded, validated and turned into ``Campaign`` values.
+"""Reading campaign files (``campaigns/NAME.yaml``) into ``Campaign`` values.
 
 Every file is checked before anything runs, and every mistake in every file is
 reported together (a ``ProblemList`` of ``CampaignFileError``), each naming the
@@ -9,19 +9,25 @@ use the segment rule language and are parsed by ``engine.segments.parse_rule``.
 from __future__ import annotations
 
 import difflib
-import hashlib
 import re
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass
-from datetime import datetime, time, timedelta
-from email.utils import parseaddr
+from datetime import time, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from engine.addresses import normalize_email
-from engine.config import TOPICS
-from engine.errors import CampaignError, CampaignFileError, ProblemList
+from engine.addresses import normalize_email, split_address
+from engine.campaigns.values import (
+    DAYS,
+    KINDS,
+    MAX_HOLDOUT,
+    TOPICS,
+    Campaign,
+    SendWindow,
+    Step,
+    check_cron,
+)
+from engine.errors import CampaignFileError, ProblemList
 from engine.times import parse_duration
 from engine.yamlfile import YamlDocument, YamlSyntaxError, load_yaml
 
@@ -29,9 +35,6 @@ if TYPE_CHECKING:
     from engine.config import Settings
     from engine.segments import Rule, SegmentSet
 
-KINDS = ("drip", "broadcast")
-DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-MAX_HOLDOUT = 0.5
 
 _KEYS: dict[str, tuple[str, ...]] = {
     "common": (
@@ -47,126 +50,15 @@ _KEYS: dict[str, tuple[str, ...]] = {
     "drip": ("exit", "steps", "reenter_after"),
     "broadcast": ("template", "schedule", "timezone"),
 }
+KEYS = _KEYS  # the schema (engine.campaigns.schema) is generated from these
 _ALL_KEYS = tuple(k for keys in _KEYS.values() for k in keys)
-_STEP_KEYS = ("template", "delay", "when")
-_WINDOW_KEYS = ("days", "hours")
+STEP_KEYS = _STEP_KEYS = ("template", "delay", "when")
+WINDOW_KEYS = _WINDOW_KEYS = ("days", "hours")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _TEMPLATE_NAME = re.compile(r"^[A-Za-z0-9_-]+(?:/[A-Za-z0-9_-]+)*$")
-_HOURS = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*$")
-_ADDRESS = re.compile(
-    r'^\s*(?:"([^"\\]*)"\s*<([^<>]+)>|([^<>",;]*?)\s*<([^<>]+)>|([^<>",;\s]+))\s*$'
-)
+HOURS_PATTERN = r"^\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*$"
+_HOURS = re.compile(HOURS_PATTERN)
 _PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
-
-
-# --- values -----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Step:
-    """One drip step: its template, the delay after the previous step, an optional rule."""
-
-    number: int
-    template: str
-    delay: timedelta
-    when: Rule | None = None
-
-
-@dataclass(frozen=True)
-class SendWindow:
-    """Days (0 = Monday) and hours ``[start, end)`` in the merchant's own time zone."""
-
-    days: frozenset[int]
-    start: time
-    end: time
-
-    def is_open(self, local: datetime) -> bool:
-        """Whether a local (merchant time zone) wall-clock time is inside the window."""
-        return local.weekday() in self.days and self.start <= local.time() < self.end
-
-    def next_opening(self, at: datetime, timezone: str) -> datetime:
-        """The first moment at or after ``at`` (naive UTC) when the window is open in ``timezone``.
-
-        Returns naive UTC; ``at`` itself when the window is open then.
-        """
-        from datetime import UTC
-
-        zone = ZoneInfo(timezone)
-        local = at.replace(tzinfo=UTC).astimezone(zone)
-        if self.is_open(local.replace(tzinfo=None)):
-            return at
-        day = local.date()
-        for offset in range(8):
-            candidate_day = day + timedelta(days=offset)
-            if candidate_day.weekday() not in self.days:
-                continue
-            opening = datetime.combine(candidate_day, self.start, tzinfo=zone)
-            closing = datetime.combine(candidate_day, self.end, tzinfo=zone)
-            if offset == 0 and local >= closing:
-                continue
-            start = max(opening, local) if offset == 0 else opening
-            return start.astimezone(UTC).replace(tzinfo=None)
-        raise ValueError("a send window must have at least one day")  # validated at load
-
-
-@dataclass(frozen=True)
-class Campaign:
-    """A validated campaign file."""
-
-    name: str
-    path: Path
-    kind: Literal["drip", "broadcast"]
-    topic: str
-    segment: str
-    sender: str  # the `from:` value as written, e.g. "User Success <success@example.id>"
-    reply_to: str | None = None
-    exit: Rule | None = None
-    steps: tuple[Step, ...] = ()
-    template: str | None = None
-    send_window: SendWindow | None = None
-    holdout: float = 0.0
-    schedule: str | None = None
-    timezone: str = "Asia/Jakarta"
-    reenter_after: timedelta | None = None
-    track_clicks: bool = False  # links go through the signed click redirect (engine.links)
-
-    @property
-    def sender_address(self) -> str:
-        """The bare, lower-cased address of ``from:``."""
-        return normalize_email(parseaddr(self.sender)[1])
-
-    @property
-    def sender_name(self) -> str | None:
-        return parseaddr(self.sender)[0] or None
-
-    def step(self, number: int | None) -> Step:
-        """Drip step ``number`` (from 1; ``None`` means the first)."""
-        if self.kind != "drip":
-            raise CampaignError(f"campaign {self.name!r} is a broadcast and has no steps")
-        number = 1 if number is None else number
-        if not 1 <= number <= len(self.steps):
-            raise CampaignError(
-                f"campaign {self.name!r} has no step {number} (its steps are 1 to {len(self.steps)})"
-            )
-        return self.steps[number - 1]
-
-    def template_for(self, step: int | None) -> str:
-        """The template of a broadcast, or of a drip's step (``None`` = step 1)."""
-        if self.kind == "broadcast":
-            if step not in (None, 1):
-                raise CampaignError(f"campaign {self.name!r} is a broadcast and has no step {step}")
-            assert self.template is not None
-            return self.template
-        return self.step(step).template
-
-
-def in_holdout(campaign_name: str, merchant_id: int, holdout: float) -> bool:
-    """Whether a merchant is in a campaign's control group: a stable hash, the same on every machine."""
-    if holdout <= 0:
-        return False
-    digest = hashlib.sha256(f"{campaign_name}\x00{int(merchant_id)}".encode()).digest()
-    bucket = int.from_bytes(digest[:8], "big") / 2**64  # uniform in [0, 1)
-    return bucket < holdout
 
 
 # --- loading ----------------------------------------------------------------
@@ -411,13 +303,11 @@ class _Reader:
         if "=?" in raw:
             raise self.fail(loc, f"{loc[-1]} must be plain text, not an encoded word (=?...?=)")
         example = '"User Success <success@example.id>"'
-        split = _split_address(raw)
-        # Our own strict shape first: parseaddr alone accepts trailing junk and lists.
-        if split is None or parseaddr(raw) != split:
+        split = split_address(raw)
+        if split is None:
             raise self.fail(loc, f"{loc[-1]}: {raw!r} is not one address such as {example}")
-        addr = split[1]
         try:
-            normalize_email(addr)
+            normalize_email(split[1])
         except ValueError as exc:
             raise self.fail(loc, f"{loc[-1]}: {exc}") from None
         return raw
@@ -613,22 +503,6 @@ class _Reader:
         return expr
 
 
-def _split_address(raw: str) -> tuple[str, str] | None:
-    """``Name <addr>``, ``"Name" <addr>`` or ``addr`` → (name, addr); anything else → None."""
-    match = _ADDRESS.match(raw)
-    if not match:
-        return None
-    quoted, addr1, plain, addr2, bare = match.groups()
-    if bare is not None:
-        return "", bare
-    if quoted is not None:
-        return quoted.strip(), addr1.strip()
-    return plain.strip(), addr2.strip()
-
-
-_FULL_DAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
-
-
 def _other(kind: str) -> str:
     return "broadcast" if kind == "drip" else "drip"
 
@@ -640,29 +514,3 @@ def _why(key: str) -> str:
         "timezone": " (send windows use each merchant's own time zone)",
         "schedule": " (a drip runs on every scheduler tick)",
     }.get(key, "")
-
-
-def check_cron(expr: str, timezone: str) -> None:
-    """Check a 5-field cron expression; raise ``ValueError`` with a sentence.
-
-    APScheduler (imported here only) parses it. A number in the day-of-week field
-    is refused: APScheduler counts 0 as Monday while classic cron counts 0 as
-    Sunday, so ``1`` would silently fire a day late. Day names are unambiguous.
-    """
-    fields = expr.split()
-    if len(fields) != 5:
-        raise ValueError(f"needs 5 fields (minute hour day month day-of-week), found {len(fields)}")
-    if re.search(r"\d", fields[4]):
-        raise ValueError(
-            "write the day-of-week field with names (mon, tue-fri, sat,sun), not numbers"
-        )
-    from datetime import UTC
-
-    from apscheduler.triggers.cron import CronTrigger
-
-    try:
-        trigger = CronTrigger.from_crontab(expr, timezone=timezone)
-    except (ValueError, TypeError) as exc:
-        raise ValueError(str(exc)) from None
-    if trigger.get_next_fire_time(None, datetime.now(UTC)) is None:
-        raise ValueError("never fires (no date matches it)")
