@@ -503,6 +503,9 @@ class _Reader:
         return expr
 
 
+_FULL_DAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+
+
 def _other(kind: str) -> str:
     return "broadcast" if kind == "drip" else "drip"
 
