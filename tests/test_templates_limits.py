@@ -142,11 +142,12 @@ def test_ordinary_string_work_is_untouched(tmp_path):
         "{{ ['a', 'b', 'c'] | join(', ') }}|{{ 'x' ~ 1 ~ none }}|{{ '%s-%05.1f' % ('a', 2.5) }}|"
         "{{ '{0}:{1:>4}'.format('k', 7) }}|{{ 'hello world' | wordwrap(5) | replace('\\n', '/') }}|"
         "{{ 'x' | indent(2, true) }}|{{ 'long text' | truncate(7, end='..', leeway=0) }}|"
-        "{{ [1, [2, 3]] }}|{% set t = 'a <b>' %}{{ t ~ ('<i>' | safe) }}|{{ [[1], [2]] | sum(start=[]) }}"
+        "{{ [1, [2, 3]] }}|{% set t = 'a <b>' %}{{ t ~ ('<i>' | safe) }}|{{ [[1], [2]] | sum(start=[]) }}|"
+        "{{ '-'.join(['a', 'b'] | map('upper')) }}"
     )
     html = _render(tmp_path, body).html
     assert (
-        "a, b, c|x1None|a-002.5|k:   7|hello/world|  x|long..|[1, [2, 3]]|a &lt;b&gt;<i>|[1, 2]"
+        "a, b, c|x1None|a-002.5|k:   7|hello/world|  x|long..|[1, [2, 3]]|a &lt;b&gt;<i>|[1, 2]|A-B"
         in html
     ), html
 

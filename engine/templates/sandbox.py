@@ -94,8 +94,11 @@ _BINOPS = {"*": _safe_multiply, "**": _safe_power, "%": _safe_modulo, "+": _safe
 _WIDTH_METHODS = {"center", "ljust", "rjust", "zfill"}
 
 
-def _check_method(owner: str | bytes, name: str, args: tuple, kwargs: dict) -> None:
-    """Refuse a str/bytes method call whose result would be too long, before it runs."""
+def _check_method(owner: str | bytes, name: str, args: tuple, kwargs: dict) -> tuple:
+    """Refuse a str/bytes method call whose result would be too long, before it runs.
+
+    Returns the arguments to call it with (an iterator given to ``join`` was read here).
+    """
     if name in _WIDTH_METHODS and args:
         check_width(args[0])
     elif name == "expandtabs":
@@ -108,7 +111,8 @@ def _check_method(owner: str | bytes, name: str, args: tuple, kwargs: dict) -> N
             count = owner.count(old) if old else len(owner) + 1
             too_long(len(owner) + count * len(new), "this replace")
     elif name == "join" and args:
-        items = list(args[0]) if not isinstance(args[0], str) else args[0]
+        items = args[0] if isinstance(args[0], str) else list(args[0])
+        args = (items, *args[1:])
         size = len(owner) * max(len(items) - 1, 0)
         too_long(size, "this join")
         for item in items:
@@ -117,6 +121,7 @@ def _check_method(owner: str | bytes, name: str, args: tuple, kwargs: dict) -> N
     elif name == "translate" and args and isinstance(args[0], Mapping):
         longest = max((text_size(v) for v in args[0].values()), default=1)
         too_long(len(owner) * max(longest, 1), "this translate")
+    return args
 
 
 class _Bounds(NodeTransformer):
@@ -172,7 +177,7 @@ class _Sandbox(ImmutableSandboxedEnvironment):
         step()  # macros that call themselves spin without a loop
         owner = getattr(__obj, "__self__", None)
         if isinstance(owner, str | bytes):
-            _check_method(owner, getattr(__obj, "__name__", ""), args, kwargs)
+            args = _check_method(owner, getattr(__obj, "__name__", ""), args, kwargs)
         elif isinstance(__obj, LoopContext) and args:
             # loop(children) in a recursive loop: its items cost steps like any loop's.
             args = (Budgeted(args[0]), *args[1:])
