@@ -216,7 +216,14 @@ def unsubscribes(conn: Connection, flt: Filter, window: timedelta) -> Iterator[t
     query = (
         sa.select(m.c.campaign, m.c.run, m.c.step, sa.func.count(sa.distinct(m.c.merchant_id)))
         .select_from(m.join(suppressions, matched))
-        .where(m.c.state == SENT)
+        # Few merchants ever unsubscribe: an IN list of their addresses spares a probe of
+        # the suppression index for every message (seconds over millions of messages).
+        .where(
+            m.c.state == SENT,
+            m.c.email.in_(
+                sa.select(suppressions.c.email).where(suppressions.c.reason == UNSUBSCRIBE)
+            ),
+        )
         .group_by(m.c.campaign, m.c.run, m.c.step)
     )
     for campaign, run, step, count in conn.execute(query):
