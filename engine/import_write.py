@@ -161,13 +161,21 @@ class Repeats:
     def __init__(self, kind: Kind) -> None:
         self.first: dict[Any, int] = {}
         self.kind = kind.name
+        self._getters: dict[Columns, Callable[[tuple], Any] | None] = {}
 
     def key_of(self, columns: Columns) -> Callable[[tuple], Any] | None:
-        if self.kind == "merchants":
-            return operator.itemgetter(columns.index("external_id"))
-        if self.kind == "orders":
-            return operator.itemgetter(columns.index("merchant_id"), columns.index("order_ref"))
-        return None
+        """How to take the key from a stored row of ``columns`` (None: the kind has none)."""
+        if columns not in self._getters:
+            if self.kind == "merchants":
+                getter = operator.itemgetter(columns.index("external_id"))
+            elif self.kind == "orders":
+                getter = operator.itemgetter(
+                    columns.index("merchant_id"), columns.index("order_ref")
+                )
+            else:
+                getter = None
+            self._getters[columns] = getter
+        return self._getters[columns]
 
     def describe(self, row: tuple, columns: Columns, external_ids: dict[int, str]) -> str:
         if self.kind == "merchants":

@@ -1,10 +1,11 @@
 """``campaign import``: stream CSV or JSON Lines into merchants, orders or activities.
 
-Rows are read and validated (``engine.import_rows``) and written in batches, so
-memory stays flat whatever the file size. A bad row is reported with its line
-number and left out; the good rows are written. Merchants are upserted by
-``external_id``, orders by (merchant, ``order_ref``), activities by (merchant,
-kind, time), so importing the same file twice changes nothing.
+Rows are read (``engine.import_rows``), validated (``engine.import_columns``)
+and written (``engine.import_write``) in batches, so memory stays flat whatever
+the file size, but for the keys kept to count a repeated key once. A bad row is
+reported with its line number and left out; the good rows are written. Merchants
+are upserted by ``external_id``, orders by (merchant, ``order_ref``), activities
+by (merchant, kind, time), so importing the same file twice changes nothing.
 """
 
 from __future__ import annotations

@@ -8,6 +8,8 @@ from datetime import datetime
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from engine.cli import cli
 from engine.errors import DataImportError
@@ -466,3 +468,41 @@ def test_import_file_decides_on_a_second_process_by_size_and_cores(tmp_path):
         handle.truncate(PARALLEL_FROM_BYTES)
     assert parallel_pays(small) is False
     assert parallel_pays(large) is ((os.cpu_count() or 1) > 1)
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    names=st.lists(
+        st.binary(max_size=8).map(
+            lambda b: (
+                b.replace(b",", b"").replace(b"\n", b"").replace(b"\r", b"").replace(b'"', b"")
+            )
+        ),
+        min_size=1,
+        max_size=30,
+    ),
+    parallel=st.booleans(),
+)
+def test_any_bytes_in_a_cell_reject_exactly_their_row(engine, tmp_path, names, parallel):
+    """Random bytes in the name column: a row is rejected iff its bytes are not storable text."""
+    with engine.begin() as conn:
+        conn.execute(merchants.delete())
+    path = tmp_path / "m.csv"
+    path.write_bytes(_merchant_lines(len(names), dict(enumerate(names))))
+
+    def bad(name: bytes) -> bool:
+        try:
+            return "\x00" in name.decode("utf-8")
+        except UnicodeDecodeError:
+            return True
+
+    report = import_file(engine, "merchants", path, batch_size=4, parallel=parallel)
+    expected = [i + 2 for i, name in enumerate(names) if bad(name)]
+    assert [r.line for r in report.rejected] == expected[:20]
+    assert report.read == len(names) and report.imported == len(names) - len(expected)
+    stored = {m["external_id"]: m["name"] for m in rows(engine, merchants)}
+    for i, name in enumerate(names):
+        if not bad(name):
+            assert stored[f"u{i}"] == (name.decode().strip() or None)

@@ -374,3 +374,15 @@ def test_an_aware_now_is_taken_as_utc(engine):
     )
     assert rows(engine, merchants)[0]["created_at"] == datetime(2026, 12, 1, 9, 0)
     assert datetime(2026, 12, 1, 9, 0, tzinfo=UTC).replace(tzinfo=None) == NOW
+
+
+def test_a_call_of_only_bad_rows_is_all_rejected_and_writes_nothing(engine):
+    report = import_records(
+        engine,
+        {"merchants": [{"external_id": "x"}], "orders": [{"order_ref": "y"}], "activities": []},
+        now=NOW,
+    )
+    assert report.all_rejected and report.accepted == 0 and report.rejected_count == 2
+    assert report.as_dict()["activities"] == {"accepted": 0, "rejected": [], "warnings": []}
+    assert rows(engine, merchants) == [] and rows(engine, orders) == []
+    assert not import_records(engine, {}, now=NOW).all_rejected  # nothing given, nothing refused
