@@ -8,6 +8,7 @@ show up in a repr, a log line or an error message.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -301,8 +302,6 @@ def _size(value: Any) -> int:
 
 def _addresses(value: Any) -> tuple[str, ...]:
     """A list of IP addresses or networks (``127.0.0.1``, ``10.0.0.0/8``)."""
-    import ipaddress
-
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ValueError(f"{value!r} is not a list of IP addresses")
     for item in value:
