@@ -55,7 +55,7 @@ def clock_for(now: datetime | None) -> Clock:
 
 
 def real_now() -> datetime:
-    """The real time as naive UTC, for leases only (whatever clock a command runs on).
+    """The real time as naive UTC, for leases and pacing only (whatever clock a command runs on).
 
     A lease is read by other processes and machines, so it must be real time even
     when the command's clock is fixed by ``--now``.

@@ -24,7 +24,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from engine.times import utcnow
+from engine.clock import real_now
 
 
 class Scheduler:
@@ -42,7 +42,7 @@ class Scheduler:
             func,
             IntervalTrigger(seconds=max(1.0, interval.total_seconds()), timezone=UTC),
             id=job_id,
-            next_run_time=utcnow().replace(tzinfo=UTC),
+            next_run_time=real_now().replace(tzinfo=UTC),
             coalesce=True,
             max_instances=1,
             misfire_grace_time=None,

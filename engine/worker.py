@@ -15,7 +15,7 @@ import signal
 import threading
 from collections import Counter
 
-from engine.clock import SystemClock
+from engine.clock import SystemClock, real_now
 from engine.delivery import Delivery, default_transport_factory
 from engine.drips import tick
 from engine.errors import CampaignError
@@ -34,6 +34,7 @@ class Worker:
         self.settings = project.settings
         self.engine = project.database()
         self.factory = transport_factory or default_transport_factory(self.settings)
+        self.clock = SystemClock()  # a worker runs on the real time
         self.stopping = threading.Event()
         self._tick_lock = threading.Lock()
         self._delivered: Counter = Counter()
@@ -46,8 +47,9 @@ class Worker:
             return
         with self._tick_lock:
             try:
-                recover(self.engine)  # the long delivery pass does not: leases of dead workers
-                report = tick(self.project, clock=SystemClock(), campaign=campaign, deliver=False)
+                # The long delivery pass does not: leases of dead workers.
+                recover(self.engine, now=self.clock.now(), lease_now=real_now())
+                report = tick(self.project, clock=self.clock, campaign=campaign, deliver=False)
             except CampaignError as exc:  # a campaign file broke: say so, keep delivering
                 log.error("tick failed: %s", exc)
                 return
@@ -77,6 +79,7 @@ class Worker:
             stats = Delivery(
                 self.engine,
                 self.settings,
+                clock=self.clock,
                 transport_factory=self.factory,
                 on_result=self._on_result,
             ).run()
@@ -99,6 +102,7 @@ class Worker:
                 self._delivery = Delivery(
                     self.engine,
                     self.settings,
+                    clock=self.clock,
                     transport_factory=self.factory,
                     on_result=self._on_result,
                 )

@@ -13,7 +13,6 @@ from engine.campaigns.values import (
     DAYS,
     KINDS,
     MAX_HOLDOUT,
-    TOPICS,
     Campaign,
     SendWindow,
     Step,
@@ -21,6 +20,7 @@ from engine.campaigns.values import (
     fire_times,
     in_holdout,
 )
+from engine.config import TOPICS  # the topics campaigns may name
 
 __all__ = [
     "DAYS",

@@ -21,12 +21,12 @@ from engine.campaigns.values import (
     DAYS,
     KINDS,
     MAX_HOLDOUT,
-    TOPICS,
     Campaign,
     SendWindow,
     Step,
     check_cron,
 )
+from engine.config import TOPICS
 from engine.errors import CampaignFileError, ProblemList
 from engine.times import parse_duration
 from engine.yamlfile import YamlDocument, YamlSyntaxError, load_yaml

@@ -6,10 +6,15 @@ from pathlib import Path
 
 import click
 
-from engine.cli.main import cli, format_option, load_project, now_option, parse_now, project_option
+from engine.cli.main import (
+    cli,
+    command_clock,
+    format_option,
+    load_project,
+    now_option,
+    project_option,
+)
 from engine.cli.output import print_json, print_table
-from engine.clock import clock_for
-from engine.times import utcnow
 
 
 @cli.group()
@@ -35,7 +40,7 @@ def drip_run(
     from engine.drips import tick
 
     project = load_project(project_dir)
-    report = tick(project, clock=clock_for(parse_now(now_text)), campaign=campaign, dry_run=dry_run)
+    report = tick(project, clock=command_clock(now_text), campaign=campaign, dry_run=dry_run)
     if output_format == "json":
         print_json(report.to_json())
     else:
@@ -102,7 +107,7 @@ def drip_explain(
     from engine.drips.explain import explain
 
     project = load_project(project_dir)
-    journey = explain(project, campaign, who, now=parse_now(now_text) or utcnow())
+    journey = explain(project, campaign, who, now=command_clock(now_text).now())
     if output_format == "json":
         print_json(journey.to_json())
         return
@@ -133,7 +138,7 @@ def simulate(
     from engine.drips.simulate import simulate as run_simulation
 
     project = load_project(project_dir)
-    result = run_simulation(project, campaign, days=days, now=parse_now(now_text) or utcnow())
+    result = run_simulation(project, campaign, days=days, now=command_clock(now_text).now())
     if output_format == "json":
         print_json([p.to_json() for p in result.planned])
         return

@@ -204,7 +204,7 @@ def tick(
         from engine.delivery import Delivery
 
         # Also what earlier ticks left waiting (deferred, due for retry).
-        stats = Delivery(engine, settings, transport_factory=transport_factory).run()
+        stats = Delivery(engine, settings, clock=clock, transport_factory=transport_factory).run()
         report.delivered.update(stats.states)
         report.server_down = stats.server_down
     return report

@@ -64,19 +64,19 @@ _FOLD = {
 
 
 def engagement_counts(conn: Connection, flt: Filter) -> dict[Key, dict[str, int]]:
-    """Clicks and hard and soft bounces per row: their tables arrive with the HTTP and bounce work.
-
-    Until then every row reports 0 (a row missing here is all zeros).
-    """
-    return {}
+    """Clicks and hard and soft bounces per row (``engine.serve`` and ``engine.bounces`` record them)."""
+    out: dict[Key, dict[str, int]] = {}
+    for key, column, count in queries.engagement(conn, flt):
+        out.setdefault(key, {})[column] = count
+    return out
 
 
 def drip_progress_counts(conn: Connection, flt: Filter) -> dict[Key, dict[str, int]]:
-    """Merchants who left a drip at a step (``exited``) or wait for it (``waiting``): the drip engine's.
-
-    Until it records them every row reports 0 (a row missing here is all zeros).
-    """
-    return {}
+    """Merchants who left a drip before a step (``exited``) or wait for it (``waiting``)."""
+    out: dict[Key, dict[str, int]] = {}
+    for key, column, count in queries.drip_progress(conn, flt):
+        out.setdefault(key, {})[column] = count
+    return out
 
 
 def empty_row(campaign: str, run: str | None, step: int | None) -> dict[str, Any]:

@@ -21,7 +21,15 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from engine.db import is_sqlite
-from engine.models import attempts, messages, orders, suppressions
+from engine.models import (
+    attempts,
+    bounces,
+    clicks,
+    drip_enrolments,
+    messages,
+    orders,
+    suppressions,
+)
 from engine.outbox import State
 from engine.suppressions import ALL_TOPICS
 
@@ -270,3 +278,54 @@ def bounce_reasons(conn: Connection, flt: Filter) -> Iterator[tuple[str, str, st
     )
     for campaign, code, reply, count in conn.execute(query):
         yield campaign, str(code), reply or "", int(count)
+
+
+def engagement(conn: Connection, flt: Filter) -> Iterator[tuple[Key, str, int]]:
+    """Per row: ``clicks`` (every follow of a tracked link), ``bounced`` (messages with a hard
+    bounce) and ``soft_bounces`` (messages with a soft one), of the messages the filter covers."""
+    key = (messages.c.campaign, messages.c.run, messages.c.step)
+    clicked = (
+        sa.select(*key, sa.func.count())
+        .select_from(clicks.join(messages, messages.c.id == clicks.c.message_id))
+        .where(*_where(flt))
+        .group_by(*key)
+    )
+    for campaign, run, step, count in conn.execute(clicked):
+        yield (campaign, run, step), "clicks", count
+    returned = (
+        sa.select(*key, bounces.c.kind, sa.func.count(sa.distinct(bounces.c.message_id)))
+        .select_from(bounces.join(messages, messages.c.id == bounces.c.message_id))
+        .where(*_where(flt))
+        .group_by(*key, bounces.c.kind)
+    )
+    for campaign, run, step, kind, count in conn.execute(returned):
+        yield (campaign, run, step), "bounced" if kind == "hard" else "soft_bounces", count
+
+
+def drip_progress(conn: Connection, flt: Filter) -> Iterator[tuple[Key, str, int]]:
+    """Per drip step: merchants the exit goal took out before it (``exited``, by when they
+    left) and active ones that have not had it yet (``waiting``: a delay, the window, the cap)."""
+    e = drip_enrolments
+    scope = [e.c.campaign == flt.campaign] if flt.campaign is not None else []
+    if flt.run is not None:
+        return  # broadcast runs have no drip steps
+    left = [e.c.exited_at.is_not(None), e.c.exit_step.is_not(None), *scope]
+    if flt.since is not None:
+        left.append(e.c.exited_at >= flt.since)
+    if flt.until is not None:
+        left.append(e.c.exited_at < flt.until)
+    exits = (
+        sa.select(e.c.campaign, e.c.exit_step, sa.func.count())
+        .where(*left)
+        .group_by(e.c.campaign, e.c.exit_step)
+    )
+    for campaign, step, count in conn.execute(exits):
+        yield (campaign, None, step), "exited", count
+    next_step = (e.c.step + 1).label("next_step")
+    waits = (
+        sa.select(e.c.campaign, next_step, sa.func.count())
+        .where(e.c.exited_at.is_(None), e.c.finished_at.is_(None), *scope)
+        .group_by(e.c.campaign, next_step)
+    )
+    for campaign, step, count in conn.execute(waits):
+        yield (campaign, None, step), "waiting", count
