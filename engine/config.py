@@ -88,7 +88,7 @@ class DeliverySettings:
     lease: timedelta = timedelta(minutes=5)
     timeout: timedelta = timedelta(seconds=30)
     batch_size: int = 100
-    # VERP envelope sender base (bounces+KEY@domain), see engine.bounces.verp; None: the From.
+    # VERP envelope sender base (bounces+KEY@domain), see engine.return_path; None: the From.
     return_path: str | None = None
 
 

@@ -33,6 +33,7 @@ from engine.outbox import Claim, Finish, LeaseLost, State, next_due, recover
 from engine.outbox_session import OutboxSession, finish, release
 from engine.outcomes import DeliveryResult, Outcome, SmtpReply
 from engine.pacing import RateLimiter, ServerBackoff
+from engine.return_path import envelope_sender
 
 TransportFactory = Callable[[], "Transport"]  # noqa: F821 - engine.transport.Transport
 
@@ -351,6 +352,7 @@ class _Sender:
         self.clock = delivery.clock
         self.factory = delivery.factory
         self.notify = delivery.notify
+        self.settings = delivery.settings
         self.policy = delivery.settings.delivery
         self.transport = None
         self.held: tuple[Claim, Finish] | None = None
@@ -404,8 +406,10 @@ class _Sender:
 
         if self.transport is None:
             self.transport = self.factory()
+        # A VERP return path (``[delivery] return_path``) names the message for bounces.
+        sender = envelope_sender(self.settings, item.id) or item.sender
         try:
-            result = self.transport.send(item.sender, item.email, item.data, on_commit=on_commit)
+            result = self.transport.send(sender, item.email, item.data, on_commit=on_commit)
         except LeaseLost:
             # Another worker owns the message now. The transport reset the SMTP
             # transaction before DATA, so nothing was sent.

@@ -15,12 +15,12 @@ from serve_server import add_merchant, add_message, table_rows
 
 from engine.bounces import envelope_sender, import_bounces
 from engine.bounces.parse import AUTO_REPLY, BOUNCE, DELAYED, classify
-from engine.bounces.verp import message_from_verp
 from engine.cli import cli
 from engine.engagement import engagement_counts
 from engine.errors import BounceError
 from engine.models import bounces, suppressions
 from engine.project import open_project
+from engine.return_path import message_from_verp
 
 FIXTURES = Path(__file__).parent / "fixtures" / "bounces"
 NOW = datetime(2026, 12, 2, 6, 0)

@@ -1,7 +1,7 @@
 """Returned mail: ``parse`` reads one mail, ``mailboxes`` reads mbox and Maildir,
-``store`` matches and records, ``verp`` makes and reads VERP return paths."""
+``store`` matches and records; VERP return paths are ``engine.return_path``."""
 
 from engine.bounces.store import BounceReport, import_bounces
-from engine.bounces.verp import envelope_sender
+from engine.return_path import envelope_sender  # re-exported: the VERP side of bounces
 
 __all__ = ["BounceReport", "envelope_sender", "import_bounces"]

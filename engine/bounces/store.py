@@ -20,10 +20,10 @@ from sqlalchemy.engine import Connection, Engine
 
 from engine.bounces.mailboxes import raw_messages
 from engine.bounces.parse import AUTO_REPLY, BOUNCE, DELAYED, Returned, classify
-from engine.bounces.verp import message_from_verp
 from engine.config import Settings
 from engine.db import dialect_insert, write_transaction
 from engine.models import bounces, messages
+from engine.return_path import message_from_verp
 from engine.suppressions import ALL_TOPICS, suppress_in
 
 SOFT_WINDOW = timedelta(days=30)
