@@ -16,6 +16,7 @@ from engine.outbox import State
 from engine.reports.interval import MIN_HOLDOUT, STATSMODELS, lift_interval, rate
 from engine.reports.queries import Filter, Key
 from engine.reports.warmup import start_import
+from engine.send_report import MANUAL_RUN
 
 COLUMNS = (
     "campaign",
@@ -45,7 +46,6 @@ COLUMNS = (
     "note",
 )
 COUNTS = tuple(c for c in COLUMNS[3:] if not c.endswith(("rate", "lift", "low", "high", "note")))
-MANUAL_RUN = "manual"  # engine.sending.MANUAL_RUN: the run of a broadcast sent by hand
 SMALL_SAMPLE = f"fewer than {MIN_HOLDOUT} merchants in the holdout: too small a sample to conclude"
 NO_HOLDOUT = "no holdout: lift cannot be measured"
 
