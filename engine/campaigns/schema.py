@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from engine.campaigns.files import HOURS_PATTERN, KEYS, STEP_KEYS, WINDOW_KEYS
-from engine.campaigns.values import DAYS, KINDS, MAX_HOLDOUT, TOPICS
+from engine.campaigns.values import DAYS, KINDS, MAX_HOLDOUT
+from engine.config import TOPICS
 from engine.segments.schema import rule_schema
 
 SCHEMA_FILE = Path(__file__).resolve().parent.parent / "schemas" / "campaign.schema.json"
