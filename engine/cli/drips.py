@@ -169,5 +169,7 @@ def worker(once: bool, project_dir: Path) -> None:
     from engine.worker import run_worker
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)  # our own line per tick is enough
+    # Our own line per tick is enough: APScheduler's job lines and Alembic's set-up are noise.
+    for noisy in ("apscheduler", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     run_worker(load_project(project_dir), once=once)
