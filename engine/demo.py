@@ -126,6 +126,7 @@ class DemoSummary:
     shapes: dict[str, int] = field(default_factory=dict)
     sections: list[tuple[str, tuple[str, ...], list[tuple[Any, ...]]]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    seed: int = 1212
 
     def data_rows(self) -> list[tuple[str, int]]:
         shapes = ", ".join(f"{k} {v}" for k, v in sorted(self.shapes.items()))
@@ -327,7 +328,7 @@ def load_demo(
 ) -> DemoSummary:
     """Replace the demo data in ``engine`` (refusing if real merchants are present)."""
     _reset(engine)
-    summary = DemoSummary()
+    summary = DemoSummary(seed=seed)
     batch_m: list[dict[str, Any]] = []
     batch_o: list[dict[str, Any]] = []
     batch_a: list[dict[str, Any]] = []
@@ -419,6 +420,7 @@ def _show_examples(project, summary: DemoSummary, now: datetime) -> None:
     summary.sections.append(("A few of the messages", ("campaign", "to", "subject"), samples))
     if "onboarding-welcome" in campaigns:
         _simulate_onboarding(project, summary, now)
+    _show_outcomes(project, summary, now)
     summary.notes.append(
         "Next: `campaign render CAMPAIGN --merchant ID --out out/` to see one message, "
         "`campaign send CAMPAIGN --dry-run --out out/` for all of them as .eml files."
@@ -443,4 +445,24 @@ def _simulate_onboarding(project, summary, now) -> None:
             ("day (UTC)", "step", "messages"),
             [(day, step, n) for (day, step), n in sorted(per_day.items())],
         )
+    )
+
+
+def _show_outcomes(project, summary: DemoSummary, now: datetime) -> None:
+    """Two campaigns sent (to no server) ten days back, the orders after, and the report."""
+    from engine.demo_outcomes import simulate_outcomes
+
+    outcomes = simulate_outcomes(project, now=now, seed=summary.seed)
+    if outcomes is None:
+        return
+    summary.sections.append(
+        (
+            f"Simulated sends on {outcomes.sent_at:%Y-%m-%d %H:%M} UTC (no mail left this machine)",
+            ("campaign", "sent"),
+            sorted(outcomes.sent.items()),
+        )
+    )
+    summary.notes.append(
+        f"{outcomes.orders} first orders followed them; the outcome report (lift against the "
+        f"holdout) is in {outcomes.report}: open it in a browser, or `campaign report`."
     )
