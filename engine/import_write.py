@@ -184,6 +184,47 @@ class Repeats:
         return f"order {row[columns.index('order_ref')]!r} of merchant {merchant!r}"
 
 
+def _count_new(
+    resolved: list[ValidRow],
+    groups: dict[Columns, list[tuple]],
+    repeats: Repeats,
+    notes: Notes,
+    found: dict[str, int],
+) -> tuple[int, bool]:
+    """How many of ``resolved`` give a key new to the import, and whether any repeated one."""
+    first = repeats.first
+    if len(groups) == 1:  # the common case, in C: no key of the batch seen before
+        ((columns, rows),) = groups.items()
+        key_of = repeats.key_of(columns)
+        if key_of is None:
+            return len(rows), False
+        keys = list(map(key_of, rows))
+        fresh = dict(zip(keys, [line for line, _, _ in resolved], strict=True))
+        if len(fresh) == len(keys) and first.keys().isdisjoint(fresh):
+            first.update(fresh)
+            return len(keys), False
+    new, repeated = 0, False
+    external_ids: dict[int, str] | None = None
+    for line, columns, row in resolved:
+        key_of = repeats.key_of(columns)
+        if key_of is None:
+            new += 1
+            continue
+        earlier = first.setdefault(key_of(row), line)
+        if earlier == line:
+            new += 1
+            continue
+        repeated = True
+        if external_ids is None:
+            external_ids = {v: k for k, v in found.items()}
+        notes.warn(
+            line,
+            f"{repeats.describe(row, columns, external_ids)} is also on {notes.unit} {earlier}: "
+            f"counted once, this later {notes.unit} wins",
+        )
+    return new, repeated
+
+
 def write_batch(
     conn: Connection,
     kind: Kind,
@@ -221,33 +262,14 @@ def write_batch(
                 continue
             resolved.append((line, stored, (*row[:at], merchant_id, *row[at + 1 :])))
 
-    new = 0
-    repeated = False
-    first = repeats.first
-    external_ids: dict[int, str] | None = None
     groups: dict[Columns, list[tuple]] = {}
     last: Columns | None = None
-    for line, columns, row in resolved:
+    for _, columns, row in resolved:
         if columns is not last:  # rows of one file share their columns: hash them once
             last = columns
-            key_of = repeats.key_of(columns)
             group = groups.setdefault(columns, [])
         group.append(row)
-        if key_of is None:
-            continue
-        earlier = first.setdefault(key_of(row), line)
-        if earlier == line:
-            continue
-        repeated = True
-        if external_ids is None:
-            external_ids = {v: k for k, v in found.items()}
-        notes.warn(
-            line,
-            f"{repeats.describe(row, columns, external_ids)} is also on {notes.unit} {earlier}: "
-            f"counted once, this later {notes.unit} wins",
-        )
-        new -= 1
-    new += len(resolved)
+    new, repeated = _count_new(resolved, groups, repeats, notes, found)
 
     runs: list[tuple[Columns, list[tuple]]] = list(groups.items())
     if repeated and len(groups) > 1:
