@@ -251,7 +251,7 @@ def _https_url(value: Any) -> str:
 
 
 def _topics(value: Any) -> tuple[str, ...]:
-    from engine.campaigns import TOPICS  # imported here: campaigns imports this module
+    from engine.campaigns.values import TOPICS  # imported here: campaigns imports this module
 
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ValueError(f"{value!r} is not a list of topic names")
