@@ -55,28 +55,33 @@ def enrol(
     conn: Connection, campaign: Campaign, segment: sa.ColumnElement[bool], now: datetime
 ) -> int:
     """Enrol the segment's members who are not in the drip (nor may re-enter yet); returns how many."""
-    prior = sa.select(e.c.id).where(
-        e.c.campaign == campaign.name, e.c.merchant_id == merchants.c.id
-    )
+    # Uncorrelated (an anti-join and a join on one aggregate): one pass over the
+    # campaign's enrolments whatever the planner believes about their number.
+    mine = e.c.campaign == campaign.name
     if campaign.reenter_after is None:
-        blocked = sa.exists(prior)
+        blocking = sa.select(e.c.merchant_id).where(mine)
     else:
         ended = sa.func.coalesce(e.c.exited_at, e.c.finished_at)
-        blocked = sa.exists(
-            prior.where(sa.or_(ended.is_(None), ended > now - campaign.reenter_after))
+        blocking = sa.select(e.c.merchant_id).where(
+            mine, sa.or_(ended.is_(None), ended > now - campaign.reenter_after)
         )
-    cycle = (
-        sa.select(sa.func.coalesce(sa.func.max(e.c.cycle), 0) + 1)
-        .where(e.c.campaign == campaign.name, e.c.merchant_id == merchants.c.id)
-        .scalar_subquery()
+    previous = (
+        sa.select(e.c.merchant_id, sa.func.max(e.c.cycle).label("cycle"))
+        .where(mine)
+        .group_by(e.c.merchant_id)
+        .subquery("previous")
     )
-    select = sa.select(
-        sa.literal(campaign.name, sa.String()),
-        merchants.c.id,
-        cycle,
-        sa.literal(now, sa.DateTime()),
-        sa.literal(0, sa.Integer()),
-    ).where(segment, not_suppressed(campaign.topic), ~blocked)
+    select = (
+        sa.select(
+            sa.literal(campaign.name, sa.String()),
+            merchants.c.id,
+            sa.func.coalesce(previous.c.cycle, 0) + 1,
+            sa.literal(now, sa.DateTime()),
+            sa.literal(0, sa.Integer()),
+        )
+        .select_from(merchants.outerjoin(previous, previous.c.merchant_id == merchants.c.id))
+        .where(segment, not_suppressed(campaign.topic), merchants.c.id.not_in(blocking))
+    )
     statement = (
         dialect_insert(conn)(e)
         .from_select(["campaign", "merchant_id", "cycle", "entered_at", "step"], select)
