@@ -230,7 +230,9 @@ def frequency_capped(
 
 
 def _key(plan: PreparedCampaign, merchant_id: int) -> str:
-    return message_key(plan.campaign.name, merchant_id, step=plan.step, run=plan.run)
+    return message_key(
+        plan.campaign.name, merchant_id, step=plan.step, run=plan.run, cycle=plan.cycle
+    )
 
 
 def _flags(plan: PreparedCampaign) -> list[sa.ColumnElement]:

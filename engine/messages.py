@@ -185,8 +185,10 @@ class MessageBuilder:
         templates: TemplateSet,
         *,
         sending: bool = False,
+        cycle: int = 1,
     ) -> None:
         self.settings = settings
+        self.cycle = cycle  # a drip entry after the first gets messages of its own
         self.campaign = campaign
         self.templates = templates
         self.sending = sending
@@ -264,7 +266,7 @@ class MessageBuilder:
     def key_for(self, merchant_id: int, step: int | None, run: str | None) -> str:
         if self.campaign.kind == "broadcast":
             return message_key(self.campaign.name, merchant_id, run=run or DRAFT_RUN)
-        return message_key(self.campaign.name, merchant_id, step=step or 1)
+        return message_key(self.campaign.name, merchant_id, step=step or 1, cycle=self.cycle)
 
     def render_batch(
         self,

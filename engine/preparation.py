@@ -38,6 +38,7 @@ class PreparedCampaign:
     # Drip rules checked per member, so that those they leave out are counted:
     exit: sa.ColumnElement[bool] | None = None
     when: sa.ColumnElement[bool] | None = None
+    cycle: int = 1  # a drip's entry number (reenter_after): its messages have keys of their own
     # Keys of this run/step still waiting in the outbox when the send began: the
     # delivery pass resumes them; the audience loop neither renders nor skips them.
     resumed: frozenset[str] = field(default_factory=frozenset)
@@ -56,6 +57,7 @@ def prepare_campaign(
     run: str | None = None,
     step: int | None = None,
     sending: bool = False,
+    cycle: int = 1,
 ) -> PreparedCampaign:
     """Load and check campaign ``name`` for one step (drip) or run (broadcast) at ``now``."""
     from engine.campaigns import load_campaign
@@ -81,7 +83,7 @@ def prepare_campaign(
         if when is not None:
             when_rule = rule_condition(when, now=now, segments=segments)
     templates = TemplateSet(settings.templates_dir, settings.project.default_locale)
-    builder = MessageBuilder(settings, campaign, templates, sending=sending)
+    builder = MessageBuilder(settings, campaign, templates, sending=sending, cycle=cycle)
     return PreparedCampaign(
         campaign,
         step_number,
@@ -91,6 +93,7 @@ def prepare_campaign(
         builder,
         exit=exit_rule,
         when=when_rule,
+        cycle=cycle,
     )
 
 

@@ -76,7 +76,10 @@ class Renderer:
         self._warming = workers > 0
         if workers > 0:
             context = multiprocessing.get_context("spawn")
-            args = (settings, plan.campaign.name, now, plan.run, plan.step, clock, dry_run, out_dir)
+            args = (
+                settings, plan.campaign.name, now, plan.run, plan.step, plan.cycle, clock,
+                dry_run, out_dir,
+            )  # fmt: skip
             self.pool = ProcessPoolExecutor(
                 workers, mp_context=context, initializer=_init_child, initargs=args
             )
@@ -136,6 +139,7 @@ def _init_child(
     now: datetime,
     run: str | None,
     step: int | None,
+    cycle: int,
     clock: Clock,
     dry_run: bool,
     out_dir: Path | None,
@@ -145,7 +149,9 @@ def _init_child(
     # Ctrl-C and SIGTERM are for the parent, which stops the send and shuts the pool down.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    plan = prepare_campaign(settings, name, now=now, run=run, step=step, sending=not dry_run)
+    plan = prepare_campaign(
+        settings, name, now=now, run=run, step=step, sending=not dry_run, cycle=cycle
+    )
     _CHILD.update(
         plan=plan,
         engine=make_engine(settings.database_url),

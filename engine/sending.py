@@ -69,6 +69,7 @@ def send_campaign(
     audience: sa.ColumnElement[bool] | None = None,
     deliver: bool = True,
     stop: threading.Event | None = None,
+    cycle: int = 1,
 ) -> SendReport:
     """Send a broadcast run (default ``manual``, resumed on every send) or a drip's step now.
 
@@ -79,7 +80,8 @@ def send_campaign(
     other claims go back, the report says so. With ``dry_run`` everything is
     computed and rendered but no row is written and no connection is opened.
     ``transport_factory`` (tests, benchmarks) replaces the SMTP transport;
-    ``render_workers``: child processes that render (None: automatic).
+    ``render_workers``: child processes that render (None: automatic). ``cycle``:
+    the drip entry (``reenter_after``) the messages belong to.
     """
     clock = clock or clock_for(now)
     start = clock.now()
@@ -95,7 +97,9 @@ def send_campaign(
         if deliver and transport_factory is None:
             transport_factory = default_transport_factory(settings)  # no SMTP URL: stop here
         engine = project.database()
-    plan = prepare_campaign(settings, name, now=start, run=run, step=step, sending=not dry_run)
+    plan = prepare_campaign(
+        settings, name, now=start, run=run, step=step, sending=not dry_run, cycle=cycle
+    )
     if audience is not None:
         plan.condition = audience
     report = SendReport(

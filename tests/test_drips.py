@@ -184,6 +184,18 @@ def test_reentry_after_the_pause_enrols_again(project, project_dir):
             )
         ).all()
     assert [tuple(r) for r in rows] == [(1, MONDAY), (2, MONDAY + 36 * DAY)]
+    # The second entry is a new journey: its steps are sent again, under keys of their own.
+    run_ticks(project, MONDAY + 36 * DAY, MONDAY + 42 * DAY, DAY)
+    with project.engine.connect() as conn:
+        from engine.models import messages
+
+        keys = sorted(conn.execute(sa.select(messages.c.key)).scalars())
+    first = [k for k in keys if ".c2/" not in k]
+    second = [k for k in keys if ".c2/" in k]
+    assert first == ["welcome/step-1/m-1", "welcome/step-2/m-1", "welcome/step-3/m-1"]
+    assert second == ["welcome/step-1.c2/m-1", "welcome/step-2.c2/m-1", "welcome/step-3.c2/m-1"]
+    steps = sorted((s, at) for _m, s, _st, at in outbox(project))
+    assert [at for s, at in steps if s == 1] == [MONDAY, MONDAY + 36 * DAY]
 
 
 def test_without_reenter_after_a_merchant_enters_once(project, project_dir):
@@ -198,6 +210,8 @@ def test_a_suppressed_merchant_is_not_enrolled(project, project_dir):
 
     make_project(project, project_dir)
     add_merchants(project, 2)
-    add_suppression(project.engine, "m1@example.id", reason="unsubscribed", topic="onboarding")
+    add_suppression(
+        project.engine, "m1@example.id", reason="unsubscribed", topic="onboarding", now=MONDAY
+    )
     report = tick(project, clock=FixedClock(MONDAY), deliver=False)
     assert report.enrolled == 1 and [m for m, *_ in outbox(project)] == [2]

@@ -128,7 +128,9 @@ def test_explain_tells_each_reason(project, project_dir):
     }
     make_project(project, project_dir, files, frequency_cap=parse_rate("2/7d", "smhdw"))
     add_merchants(project, 6)
-    add_suppression(project.engine, "m6@example.id", reason="unsubscribed", topic="retention")
+    add_suppression(
+        project.engine, "m6@example.id", reason="unsubscribed", topic="retention", now=MONDAY
+    )
     # Not entered: suppressed, and (before any tick) "enters on the next tick".
     j, _ = _story(project, "m6@example.id", MONDAY)
     assert j.status == "not_enrolled" and "suppressed" in j.reason

@@ -38,9 +38,22 @@ def due(campaign: Campaign, number: int, now: datetime) -> sa.ColumnElement[bool
     return sa.and_(active(campaign.name), e.c.step == number - 1, _base() <= now - step.delay)
 
 
-def due_merchants(campaign: Campaign, number: int, now: datetime) -> sa.ColumnElement[bool]:
-    """A condition on ``merchants``: step ``number`` is due for them."""
-    return merchants.c.id.in_(sa.select(e.c.merchant_id).where(due(campaign, number, now)))
+def due_merchants(
+    campaign: Campaign, number: int, now: datetime, cycle: int | None = None
+) -> sa.ColumnElement[bool]:
+    """A condition on ``merchants``: step ``number`` is due for them (in entry ``cycle``)."""
+    where = [due(campaign, number, now)]
+    if cycle is not None:
+        where.append(e.c.cycle == cycle)
+    return merchants.c.id.in_(sa.select(e.c.merchant_id).where(*where))
+
+
+def due_cycles(conn: Connection, campaign: Campaign, number: int, now: datetime) -> list[int]:
+    """The entry numbers step ``number`` is due in (``[1]`` unless merchants re-entered)."""
+    if campaign.reenter_after is None:
+        return [1]
+    query = sa.select(e.c.cycle).where(due(campaign, number, now)).distinct().order_by(e.c.cycle)
+    return list(conn.execute(query).scalars())
 
 
 def not_suppressed(topic: str) -> sa.ColumnElement[bool]:
@@ -134,11 +147,16 @@ def advance_skipped(
 
 
 def advance_recorded(conn: Connection, campaign: Campaign, number: int, now: datetime) -> int:
-    """Step ``number`` is done where the outbox has its row (queued, holdout, suppressed, ...)."""
+    """Step ``number`` is done where the outbox has its row (queued, holdout, suppressed, ...).
+
+    Only a row made in this entry counts (after it began): a merchant who re-entered
+    gets the step again.
+    """
     recorded = sa.exists().where(
         messages.c.campaign == campaign.name,
         messages.c.step == number,
         messages.c.merchant_id == e.c.merchant_id,
+        messages.c.created_at >= e.c.entered_at,
     )
     return conn.execute(
         e.update().where(due(campaign, number, now), recorded).values(step=number, step_at=now)

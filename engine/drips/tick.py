@@ -270,22 +270,26 @@ def run_drip(
         k = step.number
         if not enrolment.count_due(engine, campaign, k, now, window):
             continue
-        sent = send_campaign(
-            project,
-            campaign.name,
-            now=now,
-            step=k,
-            audience=sa.and_(enrolment.due_merchants(campaign, k, now), window),
-            deliver=False,
-            transport_factory=transport_factory,
-        )
-        report.queued[k] += sent.would_send
-        report.holdout[k] += sent.skipped.get("holdout", 0)
-        for reason, count in sent.skipped.items():
-            if reason in WAITING_SKIPS:
-                report.waiting[reason] += count
-            elif reason not in ("holdout", "exited") and count:
-                report.skipped[reason] += count
+        with engine.connect() as conn:
+            cycles = enrolment.due_cycles(conn, campaign, k, now)
+        for cycle in cycles:  # a merchant's second entry (reenter_after) has messages of its own
+            sent = send_campaign(
+                project,
+                campaign.name,
+                now=now,
+                step=k,
+                audience=sa.and_(enrolment.due_merchants(campaign, k, now, cycle), window),
+                deliver=False,
+                transport_factory=transport_factory,
+                cycle=cycle,
+            )
+            report.queued[k] += sent.would_send
+            report.holdout[k] += sent.skipped.get("holdout", 0)
+            for reason, count in sent.skipped.items():
+                if reason in WAITING_SKIPS:
+                    report.waiting[reason] += count
+                elif reason not in ("holdout", "exited") and count:
+                    report.skipped[reason] += count
         with write_transaction(engine) as conn:
             if step.when is not None:
                 when = rule_condition(step.when, now=now, segments=segments)
