@@ -126,10 +126,12 @@ class _PassState:
         the messages wait the full retry backoff, for the next pass or the worker.
         """
         pause = self.backoff.record(result)
+        if result.outcome is not Outcome.SERVER_DOWN:
+            if self._down_since is not None:  # (read without the lock: the common case)
+                with self._lock:
+                    self._down_since = None
+            return None
         with self._lock:
-            if result.outcome is not Outcome.SERVER_DOWN:
-                self._down_since = None
-                return None
             now = time.monotonic()
             if self._down_since is None:
                 self._down_since = now
