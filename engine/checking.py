@@ -108,6 +108,8 @@ def check_project(project, *, now: datetime) -> CheckResult:
                 used_by.setdefault(name, campaign)
 
     engine = _database(project)
+    if engine is not None and segments is not None:
+        result.warnings.extend(_activity_warnings(engine, segments))
     rendered = 0
     for name in names:
         # A template no campaign uses is rendered as the step of a stand-in drip.
@@ -152,6 +154,17 @@ def check_project(project, *, now: datetime) -> CheckResult:
         f"{len(names)} templates ({rendered} renders for locales {', '.join(LOCALES)})."
     )
     return result
+
+
+def _activity_warnings(engine, segments) -> list[str]:
+    """Rules on an activity kind that no activity in the database has (they match nothing)."""
+    from engine.segments import unknown_activity_kinds
+
+    try:
+        with engine.connect() as conn:
+            return unknown_activity_kinds(conn, segments, list(segments))
+    except sa.exc.SQLAlchemyError:
+        return []
 
 
 def _database(project):

@@ -148,3 +148,23 @@ def test_demo_without_now_lays_its_data_out_around_the_real_time(tmp_path):
 def test_a_fixed_clock_is_a_datetime():
     assert datetime.fromisoformat("2026-11-20T08:17:41")
     assert isinstance(cli, click.Group)
+
+
+def test_segment_show_with_a_huge_limit_is_one_sentence(shop, project_env):
+    result = run(
+        ["segment", "show", "everyone", "--limit", HUGE, "--project", str(shop.root)],
+        env=project_env,
+    )
+    assert result.exit_code == 2 and "--limit" in result.output and "Traceback" not in result.output
+
+
+def test_check_warns_of_an_activity_kind_that_never_occurs(shop, project_env):
+    write_files(
+        shop.root,
+        {
+            "segments/logged.yaml": "rules:\n  metric: activity\n  kind: logn\n  window: 7d\n  gte: 1\n"
+        },
+    )
+    result = CliRunner().invoke(cli, ["check", "--project", str(shop.root)], env=project_env)
+    assert "no activity of kind 'logn'" in result.output
+    assert "segments/logged.yaml:2" in result.output or "logged.yaml" in result.output

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from engine.cli.main import (
+    MAX_COUNT,
     cli,
     command_clock,
     format_option,
@@ -83,7 +84,9 @@ def segment_count(name: str, project_dir: Path, now_text: str | None, output_for
 
 @segment.command("show")
 @click.argument("name")
-@click.option("--limit", type=click.IntRange(min=0), default=None, help="At most N merchants.")
+@click.option(
+    "--limit", type=click.IntRange(0, MAX_COUNT), default=None, help="At most N merchants."
+)
 @project_option
 @now_option
 @format_option("table", "csv", "json")
