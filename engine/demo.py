@@ -386,6 +386,9 @@ def _show_examples(project, summary: DemoSummary, now: datetime) -> None:
             f"No segments/ folder in {settings.project_dir}: nothing more to show."
         )
         return
+    # The past first (two campaigns ten days back and the orders after them), so that the
+    # counts and dry runs below are of the data as it now stands.
+    _show_outcomes(project, summary, now)
     from engine.segments import count_segment, load_segments
 
     segments = load_segments(settings.segments_dir)
@@ -420,7 +423,6 @@ def _show_examples(project, summary: DemoSummary, now: datetime) -> None:
     summary.sections.append(("A few of the messages", ("campaign", "to", "subject"), samples))
     if "onboarding-welcome" in campaigns:
         _simulate_onboarding(project, summary, now)
-    _show_outcomes(project, summary, now)
     summary.notes.append(
         "Next: `campaign render CAMPAIGN --merchant ID --out out/` to see one message, "
         "`campaign send CAMPAIGN --dry-run --out out/` for all of them as .eml files."
