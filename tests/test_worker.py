@@ -139,7 +139,8 @@ def test_three_workers_on_postgresql_send_nothing_twice(tmp_path, smtp_server):
         # Small claims (4 messages: rate x lease / 4) and a slow server, so that each
         # worker's delivery loop gets a share; the merchants arrive once all three run.
         slow = (
-            '[scheduler]\ntick = "1s"\n\n[delivery]\nrate = "8/s"\nconnections = 1\nlease = "2s"\n'
+            '[scheduler]\ntick = "1s"\n\n[delivery]\nrate = "8/s"\nconnections = 1\n'
+            'lease = "2s"\ntimeout = "1s"\n'
         )
         root, engine = _project(tmp_path, url, 0, slow)
         smtp_server.delay("body", 0.1)
@@ -160,8 +161,9 @@ def test_three_workers_on_postgresql_send_nothing_twice(tmp_path, smtp_server):
             )
             workers = conn.execute(sa.select(messages.c.worker)).scalars().all()
         assert len({w.split("/")[0] for w in workers}) >= 2  # processes shared the work
-        engine.dispose()
     finally:
+        if "engine" in locals():
+            engine.dispose()
         with admin.begin() as conn:
             conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
         admin.dispose()
