@@ -385,17 +385,11 @@ def release_server_holds(
     A server that was down holds messages back without charging an attempt
     (``next_attempt_at`` = the server-wide backoff): an explicit send of the run
     should not wait that out. A message deferred by the server's reply to it
-    keeps the backoff of its last charged attempt. A message that was never tried
-    (it waits for its send window) keeps its due time. Returns how many rows moved.
+    keeps the backoff of its last charged attempt. A message never claimed (it waits
+    for its send window) keeps its due time. Returns how many rows moved.
     """
-    tried = (
-        sa.select(attempts_log.c.id)
-        .where(
-            attempts_log.c.message_id == messages.c.id,
-            attempts_log.c.outcome == str(Outcome.SERVER_DOWN),
-        )
-        .exists()
-    )
+    # Claimed before (a worker is named): held back by the server, not by its send window.
+    tried = messages.c.worker.is_not(None)
     held = _scoped(
         sa.select(messages.c.id, messages.c.attempts, messages.c.next_attempt_at).where(
             messages.c.state.in_([str(s) for s in PENDING]),
