@@ -34,6 +34,7 @@ _DESCRIPTIONS = {
     "template": "broadcast: the template, e.g. promo/harbolnas-1212",
     "schedule": 'broadcast: a 5-field cron expression with day names, e.g. "0 9 * * mon"',
     "timezone": "broadcast: the IANA time zone of the schedule (default: the project's)",
+    "track_clicks": "links go through the signed click redirect of campaign serve (true/false)",
 }
 
 
@@ -91,6 +92,7 @@ def _properties() -> dict[str, Any]:
         "template": template,
         "schedule": {"type": "string"},
         "timezone": {"type": "string", "examples": ["Asia/Jakarta", "Asia/Makassar"]},
+        "track_clicks": {"type": "boolean"},
     }
     every_key = [k for keys in KEYS.values() for k in keys]
     assert sorted(values) == sorted(every_key)  # one definition per key the validator knows
