@@ -136,13 +136,27 @@ def schema() -> None:
     """JSON Schemas of the project's YAML files, for editor autocompletion."""
 
 
+def _out_option(func):
+    return click.option(
+        "--out",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help="Write to this file (relative to the project folder) instead of standard output.",
+    )(func)
+
+
+def _emit(text: str, out: Path | None, project_dir: Path) -> None:
+    """A schema on standard output, or written to ``out`` (relative to the project folder)."""
+    if out is None:
+        click.echo(text, nl=False)
+        return
+    out = out if out.is_absolute() else project_dir / out
+    out.write_text(text, encoding="utf-8")
+    click.echo(f"Wrote {out}.")
+
+
 @schema.command("segment")
-@click.option(
-    "--out",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Write to this file (relative to the project folder) instead of standard output.",
-)
+@_out_option
 @project_option
 def schema_segment(out: Path | None, project_dir: Path) -> None:
     """The JSON Schema of segments/*.yaml.
@@ -150,22 +164,11 @@ def schema_segment(out: Path | None, project_dir: Path) -> None:
     Point your editor at it, e.g. with the YAML extension in VS Code:
     "yaml.schemas": {"segment.schema.json": "segments/*.yaml"}.
     """
-    text = schema_text()
-    if out is None:
-        click.echo(text, nl=False)
-    else:
-        out = out if out.is_absolute() else project_dir / out
-        out.write_text(text, encoding="utf-8")
-        click.echo(f"Wrote {out}.")
+    _emit(schema_text(), out, project_dir)
 
 
 @schema.command("campaign")
-@click.option(
-    "--out",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Write to this file (relative to the project folder) instead of standard output.",
-)
+@_out_option
 @project_option
 def schema_campaign(out: Path | None, project_dir: Path) -> None:
     """The JSON Schema of campaigns/*.yaml.
@@ -175,10 +178,4 @@ def schema_campaign(out: Path | None, project_dir: Path) -> None:
     """
     from engine.campaigns.schema import schema_text as campaign_schema_text
 
-    text = campaign_schema_text()
-    if out is None:
-        click.echo(text, nl=False)
-    else:
-        out = out if out.is_absolute() else project_dir / out
-        out.write_text(text, encoding="utf-8")
-        click.echo(f"Wrote {out}.")
+    _emit(campaign_schema_text(), out, project_dir)
