@@ -68,12 +68,13 @@ def send_moment(now: datetime) -> datetime:
 
 def simulate_outcomes(project, *, now: datetime, seed: int) -> DemoOutcomes | None:
     """Send the two example campaigns at ``send_moment(now)``, add the orders after, write the report."""
+    from engine.campaigns import campaign_files
     from engine.drips import tick
     from engine.drips.copy import with_secret
     from engine.reports import write_html_report
     from engine.sending import send_campaign
 
-    names = {p.stem for p in project.settings.campaigns_dir.glob("*.yaml")}
+    names = {p.stem for p in campaign_files(project.settings.campaigns_dir)}
     if not {DRIP, BROADCAST} <= names:
         return None
     at = send_moment(now)

@@ -7,10 +7,11 @@ keyed like them by (campaign, step, run).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from engine.models import bounces, clicks, messages
 
@@ -20,15 +21,45 @@ Key = tuple[
 COUNTS = ("clicks", "unique_clicks", "bounced", "soft_bounces")
 
 
-def _conditions(column, since: datetime | None, until: datetime | None, campaign: str | None):
+def _times(column, since: datetime | None, until: datetime | None) -> list[sa.ColumnElement]:
     conditions = []
     if since is not None:
         conditions.append(column >= since)
     if until is not None:
         conditions.append(column < until)
-    if campaign is not None:
-        conditions.append(messages.c.campaign == campaign)
     return conditions
+
+
+def grouped_counts(
+    conn: Connection,
+    *,
+    where: Sequence[sa.ColumnElement[bool]] = (),
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> dict[Key, dict[str, int]]:
+    """``{(campaign, step, run): counts}`` for the messages ``where`` selects (conditions on
+    ``messages``), the clicks and bounces themselves in ``[since, until)``."""
+    group = (messages.c.campaign, messages.c.step, messages.c.run)
+    click_query = (
+        sa.select(*group, sa.func.count(), sa.func.count(sa.distinct(clicks.c.message_id)))
+        .select_from(clicks.join(messages, messages.c.id == clicks.c.message_id))
+        .where(*where, *_times(clicks.c.clicked_at, since, until))
+        .group_by(*group)
+    )
+    bounce_query = (
+        sa.select(*group, bounces.c.kind, sa.func.count(sa.distinct(bounces.c.message_id)))
+        .select_from(bounces.join(messages, messages.c.id == bounces.c.message_id))
+        .where(*where, *_times(bounces.c.bounced_at, since, until))
+        .group_by(*group, bounces.c.kind)
+    )
+    out: dict[Key, dict[str, int]] = {}
+    for name, step, run, total, unique in conn.execute(click_query):
+        row = out.setdefault((name, step, run), dict.fromkeys(COUNTS, 0))
+        row["clicks"], row["unique_clicks"] = total, unique
+    for name, step, run, kind, count in conn.execute(bounce_query):
+        row = out.setdefault((name, step, run), dict.fromkeys(COUNTS, 0))
+        row["bounced" if kind == "hard" else "soft_bounces"] += count
+    return out
 
 
 def engagement_counts(
@@ -45,25 +76,6 @@ def engagement_counts(
     ``soft_bounces`` those with a soft one. The times (click time, bounce time) fall in
     ``[since, until)``; missing bounds are open.
     """
-    group = (messages.c.campaign, messages.c.step, messages.c.run)
-    click_query = (
-        sa.select(*group, sa.func.count(), sa.func.count(sa.distinct(clicks.c.message_id)))
-        .select_from(clicks.join(messages, messages.c.id == clicks.c.message_id))
-        .where(*_conditions(clicks.c.clicked_at, since, until, campaign))
-        .group_by(*group)
-    )
-    bounce_query = (
-        sa.select(*group, bounces.c.kind, sa.func.count(sa.distinct(bounces.c.message_id)))
-        .select_from(bounces.join(messages, messages.c.id == bounces.c.message_id))
-        .where(*_conditions(bounces.c.bounced_at, since, until, campaign))
-        .group_by(*group, bounces.c.kind)
-    )
-    out: dict[Key, dict[str, int]] = {}
+    where = [messages.c.campaign == campaign] if campaign is not None else []
     with engine.connect() as conn:
-        for name, step, run, total, unique in conn.execute(click_query):
-            row = out.setdefault((name, step, run), dict.fromkeys(COUNTS, 0))
-            row["clicks"], row["unique_clicks"] = total, unique
-        for name, step, run, kind, count in conn.execute(bounce_query):
-            row = out.setdefault((name, step, run), dict.fromkeys(COUNTS, 0))
-            row["bounced" if kind == "hard" else "soft_bounces"] += count
-    return out
+        return grouped_counts(conn, where=where, since=since, until=until)

@@ -51,7 +51,7 @@ class Preview:
 
 
 def find_merchant(conn: Connection, who: str) -> dict[str, Any]:
-    """A merchant by id or email address (``--merchant``); one sentence when there is none."""
+    """A merchant by id, email address or external id (``--merchant``); one sentence if none."""
     text = who.strip()
     if text.isdigit():
         if int(text) > _MAX_ID:
@@ -61,9 +61,9 @@ def find_merchant(conn: Connection, who: str) -> dict[str, Any]:
         try:
             where = merchants.c.email == normalize_email(text)
         except ValueError:
-            raise UsageError(
-                f"--merchant {who!r} is neither a merchant id nor an email address"
-            ) from None
+            where = merchants.c.external_id == text
+        else:
+            where = sa.or_(where, merchants.c.external_id == text)
     row = (
         conn.execute(sa.select(merchants).where(where).order_by(merchants.c.id).limit(1))
         .mappings()

@@ -5,10 +5,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from datetime import datetime
 from pathlib import Path
 
-import click
 import pytest
 from click.testing import CliRunner
 from conftest import write_files
@@ -143,11 +141,6 @@ def test_demo_without_now_lays_its_data_out_around_the_real_time(tmp_path):
         count = json.loads(counted.output)["count"]
         shown = [line for line in demo.output.splitlines() if f" {segment} " in line]
         assert shown and any(re.search(rf"\b{count}\b", line) for line in shown), (segment, shown)
-
-
-def test_a_fixed_clock_is_a_datetime():
-    assert datetime.fromisoformat("2026-11-20T08:17:41")
-    assert isinstance(cli, click.Group)
 
 
 def test_segment_show_with_a_huge_limit_is_one_sentence(shop, project_env):

@@ -6,7 +6,7 @@ Run on SQLite and PostgreSQL, with the clock a year before the real time.
 from __future__ import annotations
 
 import dataclasses
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
@@ -111,7 +111,3 @@ def test_no_engine_module_reads_the_real_clock_on_its_own():
     ]
     # The CLI makes the command's clock (engine.cli.main.command_clock) from engine.clock.
     assert offenders == [], offenders
-
-
-def test_a_time_is_a_year_before_now():
-    assert isinstance(T, datetime) and utcnow() - timedelta(days=300) > T

@@ -18,6 +18,8 @@ from engine.campaigns import Campaign, in_holdout, load_campaign
 from engine.drips.enrolment import not_suppressed
 from engine.errors import CampaignError
 from engine.models import drip_enrolments, merchants, messages
+from engine.preview import find_merchant
+from engine.send_report import iso
 from engine.windows import opening_in, valid_zone
 
 e = drip_enrolments
@@ -32,7 +34,7 @@ class StepStory:
     reason: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"step": self.step, "state": self.state, "at": _iso(self.at), "reason": self.reason}
+        return {"step": self.step, "state": self.state, "at": iso(self.at), "reason": self.reason}
 
 
 @dataclass
@@ -50,33 +52,13 @@ class Journey:
         return {
             "campaign": self.campaign,
             "merchant_id": self.merchant_id,
-            "entered_at": _iso(self.entered_at),
+            "entered_at": iso(self.entered_at),
             "status": self.status,
             "reason": self.reason,
             "holdout": self.holdout,
             "steps": [s.to_json() for s in self.steps],
             "next": self.next,
         }
-
-
-def _iso(moment: datetime | None) -> str | None:
-    return None if moment is None else moment.replace(microsecond=0).isoformat() + "Z"
-
-
-def _find_merchant(conn, who: str) -> dict[str, Any]:
-    if who.isdigit():
-        query = sa.select(merchants).where(merchants.c.id == int(who))
-    else:
-        query = sa.select(merchants).where(
-            sa.or_(
-                sa.func.lower(merchants.c.email) == who.strip().lower(),
-                merchants.c.external_id == who,
-            )
-        )
-    row = conn.execute(query.order_by(merchants.c.id).limit(1)).mappings().first()
-    if row is None:
-        raise CampaignError(f"no merchant with id, email or external id {who!r}")
-    return dict(row)
 
 
 def _member(conn, condition, merchant_id: int) -> bool:
@@ -100,7 +82,7 @@ def explain(project, name: str, who: str, *, now: datetime) -> Journey:
         raise CampaignError(f"campaign {name!r} is a broadcast: `drip explain` is for drips")
     engine = project.database()
     with engine.connect() as conn:
-        merchant = _find_merchant(conn, who)
+        merchant = find_merchant(conn, who)
         mid = merchant["id"]
         journey = Journey(campaign.name, mid, "not_enrolled")
         journey.holdout = in_holdout(campaign.name, mid, campaign.holdout)
@@ -220,10 +202,10 @@ def _tell(
     zone = valid_zone(merchant["timezone"], settings.project.timezone)
     if enrolment["exited_at"] is not None:
         journey.status = "exited"
-        journey.reason = f"the exit goal matched at {_iso(enrolment['exited_at'])}"
+        journey.reason = f"the exit goal matched at {iso(enrolment['exited_at'])}"
     elif enrolment["finished_at"] is not None:
         journey.status = "finished"
-        journey.reason = f"every step done at {_iso(enrolment['finished_at'])}"
+        journey.reason = f"every step done at {iso(enrolment['finished_at'])}"
     else:
         journey.status = "active"
     planned_at = None
@@ -281,7 +263,7 @@ def _tell(
             elif opening_in(campaign.send_window, now, zone) > now:
                 opens = opening_in(campaign.send_window, now, zone)
                 journey.steps.append(
-                    StepStory(k, "held", opens, f"send window closed in {zone} until {_iso(opens)}")
+                    StepStory(k, "held", opens, f"send window closed in {zone} until {iso(opens)}")
                 )
                 planned_at = opens
             elif suppressed:
@@ -295,7 +277,7 @@ def _tell(
                 )
             elif cap_until is not None and cap_until > now:
                 journey.steps.append(
-                    StepStory(k, "held", cap_until, f"frequency cap until {_iso(cap_until)}")
+                    StepStory(k, "held", cap_until, f"frequency cap until {iso(cap_until)}")
                 )
                 planned_at = cap_until
             elif journey.holdout:
@@ -319,6 +301,6 @@ def _next(journey: Journey) -> str:
         return "nothing more in this drip"
     for story in journey.steps:
         if story.state in ("waiting", "held", "due", "skipped", "exited"):
-            when = f" at {_iso(story.at)}" if story.at else ""
+            when = f" at {iso(story.at)}" if story.at else ""
             return f"step {story.step}: {story.state}{when} ({story.reason})"
     return "nothing more in this drip"

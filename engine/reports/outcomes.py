@@ -11,6 +11,7 @@ from sqlalchemy.engine import Connection
 
 import engine.reports.queries as queries
 from engine.config import Settings
+from engine.engagement import grouped_counts
 from engine.errors import ProblemList, ReportError
 from engine.outbox import State
 from engine.reports.interval import MIN_HOLDOUT, STATSMODELS, lift_interval, rate
@@ -64,11 +65,13 @@ _FOLD = {
 
 
 def engagement_counts(conn: Connection, flt: Filter) -> dict[Key, dict[str, int]]:
-    """Clicks and hard and soft bounces per row (``engine.serve`` and ``engine.bounces`` record them)."""
-    out: dict[Key, dict[str, int]] = {}
-    for key, column, count in queries.engagement(conn, flt):
-        out.setdefault(key, {})[column] = count
-    return out
+    """Clicks and hard and soft bounces per row, of the messages the report covers."""
+    return {
+        (campaign, run, step): {k: counts[k] for k in ("clicks", "bounced", "soft_bounces")}
+        for (campaign, step, run), counts in grouped_counts(
+            conn, where=queries.message_filter(flt)
+        ).items()
+    }
 
 
 def drip_progress_counts(conn: Connection, flt: Filter) -> dict[Key, dict[str, int]]:

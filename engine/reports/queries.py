@@ -23,8 +23,6 @@ from sqlalchemy.engine import Connection
 from engine.db import is_sqlite
 from engine.models import (
     attempts,
-    bounces,
-    clicks,
     drip_enrolments,
     messages,
     orders,
@@ -57,7 +55,7 @@ def send_time() -> sa.ColumnElement:
     return sa.func.coalesce(messages.c.sent_at, messages.c.created_at)
 
 
-def _where(flt: Filter, *, times: bool = True) -> list[sa.ColumnElement]:
+def message_filter(flt: Filter, *, times: bool = True) -> list[sa.ColumnElement]:
     conditions = []
     if flt.campaign is not None:
         conditions.append(messages.c.campaign == flt.campaign)
@@ -114,7 +112,7 @@ def shapes(conn: Connection, flt: Filter) -> list[tuple[Key, datetime]]:
             messages.c.step,
             sa.func.min(messages.c.created_at),
         )
-        .where(*_where(flt, times=False))
+        .where(*message_filter(flt, times=False))
         .group_by(messages.c.campaign, messages.c.run, messages.c.step)
     )
     return [((c, r, s), first) for c, r, s, first in conn.execute(query)]
@@ -127,7 +125,7 @@ def state_counts(conn: Connection, flt: Filter) -> Iterator[tuple[Key, datetime,
     outbox index, so that SQLite counts in one pass instead of sorting every message.
     The first message (for the order of runs) is over all time, like ``shapes``.
     """
-    in_range = _where(Filter(since=flt.since, until=flt.until))
+    in_range = message_filter(Filter(since=flt.since, until=flt.until))
     sums = [
         sa.func.sum(sa.case((sa.and_(messages.c.state == state, *in_range), 1), else_=0))
         for state in STATES
@@ -140,7 +138,7 @@ def state_counts(conn: Connection, flt: Filter) -> Iterator[tuple[Key, datetime,
             sa.func.min(messages.c.created_at),
             *sums,
         )
-        .where(*_where(flt, times=False))
+        .where(*message_filter(flt, times=False))
         .group_by(messages.c.campaign, messages.c.step, messages.c.run)
     )
     for campaign, step, run, first, *counts in conn.execute(query):
@@ -160,7 +158,7 @@ def _exposed(flt: Filter) -> sa.Subquery:
             messages.c.topic,
             send_time().label("t"),
         )
-        .where(messages.c.state.in_([SENT, HOLDOUT]), *_where(flt))
+        .where(messages.c.state.in_([SENT, HOLDOUT]), *message_filter(flt))
         .subquery("exposed")
     )
 
@@ -246,7 +244,7 @@ def sent_per_day(conn: Connection, flt: Filter) -> Iterator[tuple[str, str, int]
     day = _day(conn, messages.c.sent_at)
     query = (
         sa.select(messages.c.campaign, day, sa.func.count())
-        .where(messages.c.state == SENT, *_where(flt))
+        .where(messages.c.state == SENT, *message_filter(flt))
         .group_by(messages.c.campaign, day)
     )
     for campaign, at, count in conn.execute(query):
@@ -258,7 +256,9 @@ def failure_reasons(conn: Connection, flt: Filter) -> Iterator[tuple[str, str, s
     states = [str(s) for s in (State.FAILED, State.DEFERRED, State.UNKNOWN)]
     query = (
         sa.select(messages.c.campaign, messages.c.state, messages.c.last_error, sa.func.count())
-        .where(messages.c.state.in_(states), messages.c.last_error.is_not(None), *_where(flt))
+        .where(
+            messages.c.state.in_(states), messages.c.last_error.is_not(None), *message_filter(flt)
+        )
         .group_by(messages.c.campaign, messages.c.state, messages.c.last_error)
     )
     for campaign, state, error, count in conn.execute(query):
@@ -273,33 +273,11 @@ def bounce_reasons(conn: Connection, flt: Filter) -> Iterator[tuple[str, str, st
     query = (
         sa.select(messages.c.campaign, status, sa.func.min(attempts.c.reply), sa.func.count())
         .select_from(attempts.join(messages, messages.c.id == attempts.c.message_id))
-        .where(attempts.c.outcome.in_(["bounced", "failed", "deferred"]), *_where(flt))
+        .where(attempts.c.outcome.in_(["bounced", "failed", "deferred"]), *message_filter(flt))
         .group_by(messages.c.campaign, status)
     )
     for campaign, code, reply, count in conn.execute(query):
         yield campaign, str(code), reply or "", int(count)
-
-
-def engagement(conn: Connection, flt: Filter) -> Iterator[tuple[Key, str, int]]:
-    """Per row: ``clicks`` (every follow of a tracked link), ``bounced`` (messages with a hard
-    bounce) and ``soft_bounces`` (messages with a soft one), of the messages the filter covers."""
-    key = (messages.c.campaign, messages.c.run, messages.c.step)
-    clicked = (
-        sa.select(*key, sa.func.count())
-        .select_from(clicks.join(messages, messages.c.id == clicks.c.message_id))
-        .where(*_where(flt))
-        .group_by(*key)
-    )
-    for campaign, run, step, count in conn.execute(clicked):
-        yield (campaign, run, step), "clicks", count
-    returned = (
-        sa.select(*key, bounces.c.kind, sa.func.count(sa.distinct(bounces.c.message_id)))
-        .select_from(bounces.join(messages, messages.c.id == bounces.c.message_id))
-        .where(*_where(flt))
-        .group_by(*key, bounces.c.kind)
-    )
-    for campaign, run, step, kind, count in conn.execute(returned):
-        yield (campaign, run, step), "bounced" if kind == "hard" else "soft_bounces", count
 
 
 def drip_progress(conn: Connection, flt: Filter) -> Iterator[tuple[Key, str, int]]:
