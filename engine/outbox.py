@@ -436,14 +436,6 @@ def release_server_holds(
     return len(moves)
 
 
-def in_flight(engine: Engine, *, campaign: str | None = None) -> int:
-    query = sa.select(sa.func.count()).where(messages.c.state.in_([str(s) for s in IN_FLIGHT]))
-    if campaign is not None:
-        query = query.where(messages.c.campaign == campaign)
-    with engine.connect() as conn:
-        return conn.execute(query).scalar() or 0
-
-
 def held_leases(
     conn: Connection,
     *,

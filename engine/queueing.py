@@ -21,7 +21,7 @@ from engine.preparation import PreparedCampaign
 from engine.smtp_wire import is_smtp_ready
 
 
-@dataclass(frozen=True)
+@dataclass
 class Queued:
     """What the report needs of one batch once it is rendered and queued (no bodies)."""
 
