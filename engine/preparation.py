@@ -63,7 +63,7 @@ def prepare_campaign(
     from engine.campaigns import load_campaign
     from engine.messages import MessageBuilder
     from engine.segments import load_segments, rule_condition, segment_condition
-    from engine.templates import TemplateSet
+    from engine.templates import shared_template_set
 
     segments = load_segments(settings.segments_dir)
     campaign = load_campaign(settings, name, segments)
@@ -82,7 +82,7 @@ def prepare_campaign(
         when = campaign.step(step_number).when
         if when is not None:
             when_rule = rule_condition(when, now=now, segments=segments)
-    templates = TemplateSet(settings.templates_dir, settings.project.default_locale)
+    templates = shared_template_set(settings.templates_dir, settings.project.default_locale)
     builder = MessageBuilder(settings, campaign, templates, sending=sending, cycle=cycle)
     return PreparedCampaign(
         campaign,

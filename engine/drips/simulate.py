@@ -86,7 +86,14 @@ def simulate(
             zones = present_zones(conn)
         first_id = _last_message_id(copy.engine)
         while clock.now() < end:
-            report = tick(copy, clock=clock, campaign=name, deliver=False, definitions=definitions)
+            report = tick(
+                copy,
+                clock=clock,
+                campaign=name,
+                deliver=False,
+                definitions=definitions,
+                zones=zones,
+            )
             result.ticks.append(clock.now())
             result.exited += report.exited
             result.holdout += sum(sum(d.holdout.values()) for d in report.drips)

@@ -152,13 +152,15 @@ def tick(
     transport_factory=None,
     deliver: bool = True,
     definitions: Definitions | None = None,
+    zones: list[str] | None = None,
 ) -> TickReport:
     """One tick at ``clock.now()`` for every drip and scheduled broadcast (or one campaign).
 
     ``dry_run`` runs the same tick on a copy of the database (nothing changes, no
     connection is opened); ``deliver=False`` queues without the delivery pass
-    (the worker delivers continuously on its own). ``definitions`` (``simulate``)
-    spares re-reading the project's files on every tick.
+    (the worker delivers continuously on its own). ``definitions`` and ``zones``
+    (``simulate``, whose copy of the data does not change) spare re-reading the
+    project's files and the merchants' time zones on every tick.
     """
     if dry_run:
         from engine.drips.copy import on_copy
@@ -182,8 +184,9 @@ def tick(
     definitions = definitions or load_definitions(project)
     campaigns = _selected(project, definitions, campaign)
     report = TickReport(at=now)
-    with engine.connect() as conn:
-        zones = present_zones(conn)
+    if zones is None:
+        with engine.connect() as conn:
+            zones = present_zones(conn)
     for item in campaigns:
         if item.kind == "drip":
             report.drips.append(

@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from engine.errors import ProblemList, SegmentError
+from engine.filestamp import FolderCache
 from engine.models import merchants
 from engine.segments.compiler import rule_condition
 from engine.segments.rules import (
@@ -106,8 +107,16 @@ def load_usable_segments(segments_dir: Path) -> SegmentLoad:
 
     A broken file refuses only its own segment and the segments that refer to it,
     directly or through other ``segment:`` references; the others stay usable.
+    Read again only when a file in the folder changed (``engine.filestamp``).
     """
     segments_dir = Path(segments_dir)
+    return _LOADED.get(segments_dir, segments_dir, lambda: _read_segments(segments_dir))
+
+
+_LOADED = FolderCache()
+
+
+def _read_segments(segments_dir: Path) -> SegmentLoad:
     files = segment_files(segments_dir)
     names = {path.stem for path in files}
     problems: list[SegmentError] = []

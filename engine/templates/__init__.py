@@ -43,6 +43,7 @@ from engine.templates.template_set import (
     EmailTemplate,
     RenderedTemplate,
     TemplateSet,
+    shared_template_set,
 )
 from engine.templates.text import html_to_text, tidy_text
 
@@ -71,6 +72,7 @@ __all__ = [
     "html_to_text",
     "inline_css",
     "make_env",
+    "shared_template_set",
     "split_front_matter",
     "tidy_text",
 ]

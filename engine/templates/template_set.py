@@ -17,6 +17,7 @@ from jinja2.sandbox import SecurityError
 from engine import formatting
 from engine.config import LOCALES
 from engine.errors import TemplateError
+from engine.filestamp import FolderCache
 from engine.templates.flatten import flatten
 from engine.templates.frontmatter import read_template, split_front_matter
 from engine.templates.inline import Protected, inline_css, loosen
@@ -307,3 +308,19 @@ class TemplateSet:
     def flatten(self, relative: str) -> str:
         """One source with ``{% extends %}`` resolved and literal ``{% include %}`` pasted in."""
         return flatten(self.root, relative, self.compile)
+
+
+_SHARED = FolderCache()
+
+
+def shared_template_set(templates_dir: Path, default_locale: str) -> TemplateSet:
+    """The folder's ``TemplateSet``, with what it prepared so far, while no file in it changes.
+
+    Sending prepares a campaign for every run and drip step; sharing the set means a
+    template is compiled and its CSS inlined once per process, not once per step
+    and tick (the worker, ``simulate``), and again after an edit.
+    """
+    folder = Path(templates_dir)
+    return _SHARED.get(
+        folder, (folder, default_locale), lambda: TemplateSet(folder, default_locale)
+    )
