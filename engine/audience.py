@@ -30,6 +30,9 @@ from engine.preparation import PreparedCampaign
 from engine.states import IN_FLIGHT, NOT_DELIVERED, PENDING, State
 from engine.suppressions import suppression_reasons
 
+# Audience ids read per statement (a drip step's due set is built once per page).
+ID_PAGE = 10_000
+
 _EXITED = "_campaign_exited"
 _STEP_OK = "_campaign_step_ok"
 
@@ -73,29 +76,46 @@ def waiting_keys(conn: Connection, plan: PreparedCampaign) -> frozenset[str]:
 def member_batches(
     engine: Engine, plan: PreparedCampaign, batch_size: int
 ) -> Iterator[tuple[Connection, list[Mapping[str, Any]]]]:
-    """The audience's merchant rows in id order, ``batch_size`` at a time (an id cursor).
+    """The audience's merchant rows in id order, ``batch_size`` at a time.
 
-    Each batch comes with the connection it was read on, open while the caller
-    works on the batch (the filter's queries use it too).
+    The audience's ids come a page of ``ID_PAGE`` at a time (an id cursor), and the
+    rows of each batch by id. Evaluating the audience once per page rather than per
+    batch matters for a drip step, whose audience is a set of due enrolments: the
+    database builds that set afresh for every statement. Each batch comes with the
+    connection it was read on, open while the caller works on the batch (the
+    filter's queries use it too).
     """
     cursor = 0
     flags = _flags(plan)
     while True:
         with engine.connect() as conn:
-            rows = (
+            ids = (
                 conn.execute(
-                    sa.select(merchants, *flags)
+                    sa.select(merchants.c.id)
                     .where(plan.condition, merchants.c.id > cursor)
                     .order_by(merchants.c.id)
-                    .limit(batch_size)
+                    .limit(max(ID_PAGE, batch_size))
                 )
-                .mappings()
+                .scalars()
                 .all()
             )
-            if not rows:
-                return
-            cursor = rows[-1]["id"]
-            yield conn, rows
+        if not ids:
+            return
+        cursor = ids[-1]
+        for start in range(0, len(ids), batch_size):
+            chunk = ids[start : start + batch_size]
+            with engine.connect() as conn:
+                rows = (
+                    conn.execute(
+                        sa.select(merchants, *flags)
+                        .where(merchants.c.id.in_(chunk))
+                        .order_by(merchants.c.id)
+                    )
+                    .mappings()
+                    .all()
+                )
+                if rows:  # a merchant deleted since its page was read is simply not there
+                    yield conn, rows
 
 
 def count_rest(conn: Connection, plan: PreparedCampaign, tally: Tally, first_id: int) -> None:

@@ -42,12 +42,14 @@ from engine.models import campaign_runs
 from engine.outbox import held_leases, release_server_holds, requeue_unknown, state_counts, waiting
 from engine.preparation import PreparedCampaign, check_database, prepare_campaign
 from engine.queueing import Queued
-from engine.rendering import Renderer, render_workers
+from engine.rendering import Renderer, RenderPool, render_workers
 from engine.send_report import MANUAL_RUN, SKIP_REASONS, SendReport, iso
 
 __all__ = ["MANUAL_RUN", "SKIP_REASONS", "SendReport", "dry_run_campaign", "send_campaign"]
 
 Progress = Callable[[int, int | None], None]
+
+QUEUE_ONLY_BATCH = 500  # audience rows per batch when this send does not deliver
 
 
 def send_campaign(
@@ -66,6 +68,7 @@ def send_campaign(
     wait_retries: timedelta = timedelta(0),
     server_patience: float = 10.0,
     render_workers: int | None = None,
+    render_pool: RenderPool | None = None,
     audience: sa.ColumnElement[bool] | None = None,
     deliver: bool = True,
     stop: threading.Event | None = None,
@@ -80,7 +83,8 @@ def send_campaign(
     other claims go back, the report says so. With ``dry_run`` everything is
     computed and rendered but no row is written and no connection is opened.
     ``transport_factory`` (tests, benchmarks) replaces the SMTP transport;
-    ``render_workers``: child processes that render (None: automatic). ``cycle``:
+    ``render_workers``: child processes that render (None: automatic);
+    ``render_pool``: children to render in, shared with other sends (a tick's). ``cycle``:
     the drip entry (``reenter_after``) the messages belong to.
     """
     clock = clock or clock_for(now)
@@ -150,7 +154,7 @@ def send_campaign(
             _produce(
                 settings, engine, plan, report, clock=clock, now=start, dry_run=dry_run,
                 limit=limit, out_dir=out_dir, progress=progress, delivery=delivery,
-                workers=render_workers, stop=stop,
+                workers=render_workers, pool=render_pool, stop=stop,
             )  # fmt: skip
         except BaseException:
             if delivery is not None:
@@ -223,13 +227,16 @@ def _produce(
     progress: Progress | None,
     delivery: Delivery | None,
     workers: int | None,
+    pool: RenderPool | None,
     stop: threading.Event | None,
 ) -> None:
     """The audience loop: batch, skip with reasons, render and queue, count."""
     total = audience_size(engine, plan)
     renderer = Renderer(
         settings, plan, engine=engine, now=now, clock=clock, dry_run=dry_run,
-        out_dir=out_dir, workers=render_workers(total, limit, workers),
+        out_dir=out_dir,
+        workers=render_workers(total, limit, workers, delivering=delivery is not None),
+        pool=pool,
     )  # fmt: skip
     tally = Tally()
 
@@ -240,8 +247,13 @@ def _produce(
         if progress is not None and dry_run:
             progress(tally.audience, total)
 
+    batch_size = max(50, settings.delivery.batch_size)
+    if delivery is None and not dry_run:
+        # Queueing only (a drip tick): no sender waits for the first messages,
+        # and larger batches take fewer statements per message.
+        batch_size = max(batch_size, QUEUE_ONLY_BATCH)
     try:
-        for conn, rows in member_batches(engine, plan, max(50, settings.delivery.batch_size)):
+        for conn, rows in member_batches(engine, plan, batch_size):
             if stop is not None and stop.is_set():
                 break  # the rest of the audience is reached by the next send of the run
             if limit is not None and report.would_send >= limit:

@@ -10,6 +10,7 @@ import dataclasses
 from datetime import timedelta
 
 import pytest
+import sqlalchemy as sa
 from conftest import write_files
 from test_send import FILES, add_merchants
 
@@ -56,3 +57,36 @@ def test_a_pool_send_renders_the_same_messages_and_sends_each_once(crowd, smtp_s
     assert [m["merchant_id"] for m in report.messages] == list(range(1, MERCHANTS + 1))
     recipients = smtp_server.recipients()
     assert sorted(recipients) == sorted(f"m{i}@example.id" for i in range(1, MERCHANTS + 1))
+
+
+def test_a_tick_s_pool_renders_several_sends_each_with_its_own_campaign(project, project_dir):
+    from drip_fixtures import MONDAY, make_project
+    from drip_fixtures import add_merchants as add_drip_merchants
+
+    from engine.models import messages
+    from engine.rendering import RenderPool
+
+    make_project(project, project_dir)
+    add_drip_merchants(project, 120)
+    pool = RenderPool(project.settings, 1)
+    try:
+        # Two sends through the same child: each batch names its send, and the
+        # child prepares each (campaign, step) once, so no message gets the
+        # other step's template.
+        for step in (1, 2):
+            report = send_campaign(
+                project, "welcome", now=MONDAY, step=step, deliver=False,
+                render_workers=1, render_pool=pool,
+            )  # fmt: skip
+            assert report.enqueued == 120
+        assert pool.started  # the send left the shared pool open for the next one
+    finally:
+        pool.close()
+    assert not pool.started
+    with project.engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(messages.c.step, messages.c.merchant_id, messages.c.subject)
+        ).all()
+    assert sorted(rows) == sorted(
+        [(1, i, f"One Toko {i}") for i in range(1, 121)] + [(2, i, "Two") for i in range(1, 121)]
+    )

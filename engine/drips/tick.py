@@ -24,6 +24,7 @@ from engine.db import dialect_insert, write_transaction
 from engine.drips import enrolment
 from engine.errors import CampaignError, DeliveryError
 from engine.models import schedule_fires
+from engine.rendering import RenderPool, shared_render_pool
 from engine.sending import send_campaign
 from engine.windows import present_zones, window_open
 
@@ -187,22 +188,31 @@ def tick(
     if zones is None:
         with engine.connect() as conn:
             zones = present_zones(conn)
-    for item in campaigns:
-        if item.kind == "drip":
-            report.drips.append(
-                run_drip(
-                    project,
-                    item,
-                    now=now,
-                    zones=zones,
-                    segments=definitions.segments,
-                    transport_factory=transport_factory,
+    # One set of render processes for every step and broadcast run of the tick.
+    with shared_render_pool(settings) as pool:
+        for item in campaigns:
+            if item.kind == "drip":
+                report.drips.append(
+                    run_drip(
+                        project,
+                        item,
+                        now=now,
+                        zones=zones,
+                        segments=definitions.segments,
+                        transport_factory=transport_factory,
+                        render_pool=pool,
+                    )
                 )
-            )
-        elif item.schedule is not None:
-            report.broadcasts.extend(
-                run_schedule(project, item, now=now, grace=settings.scheduler.broadcast_grace)
-            )
+            elif item.schedule is not None:
+                report.broadcasts.extend(
+                    run_schedule(
+                        project,
+                        item,
+                        now=now,
+                        grace=settings.scheduler.broadcast_grace,
+                        render_pool=pool,
+                    )
+                )
     if deliver:
         from engine.delivery import Delivery
 
@@ -253,6 +263,7 @@ def run_drip(
     zones: list[str],
     segments,
     transport_factory=None,
+    render_pool: RenderPool | None = None,
 ) -> DripReport:
     """Enrol, exit, then each step in order: queue it where due, advance, finish."""
     from engine.segments import rule_condition, segment_condition
@@ -285,6 +296,7 @@ def run_drip(
                 deliver=False,
                 transport_factory=transport_factory,
                 cycle=cycle,
+                render_pool=render_pool,
             )
             report.queued[k] += sent.would_send
             report.holdout[k] += sent.skipped.get("holdout", 0)
@@ -310,7 +322,12 @@ def run_label(fire_at: datetime) -> str:
 
 
 def run_schedule(
-    project, campaign: Campaign, *, now: datetime, grace: timedelta
+    project,
+    campaign: Campaign,
+    *,
+    now: datetime,
+    grace: timedelta,
+    render_pool: RenderPool | None = None,
 ) -> list[BroadcastFire]:
     """Send each fire time of a scheduled broadcast not yet sent, if it is at most ``grace`` late.
 
@@ -339,7 +356,9 @@ def run_schedule(
         if now - fire_at > grace:
             outcome, queued = "skipped", 0
         else:
-            sent = send_campaign(project, campaign.name, now=now, run=label, deliver=False)
+            sent = send_campaign(
+                project, campaign.name, now=now, run=label, deliver=False, render_pool=render_pool
+            )
             outcome, queued = "sent", sent.enqueued
         with write_transaction(engine) as conn:
             conn.execute(
