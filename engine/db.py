@@ -111,6 +111,27 @@ def write_transaction(engine: Engine, *, checkpoint_after: bool = False) -> Iter
             dbapi.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
 
+# PostgreSQL plans each statement from table statistics that autovacuum refreshes
+# only a while after a table changed. A statement right after a large insert (a
+# tick's new enrolments, a step's new messages) is otherwise planned for the
+# table as it was: a join it believes is over a handful of rows becomes a nested
+# loop over tens of thousands (a 100,000-merchant tick took a minute, not seconds).
+STALE_STATISTICS_ROWS = 1000
+
+
+def refresh_statistics(engine: Engine, table: sa.Table, changed: int) -> None:
+    """``ANALYZE`` ``table`` on PostgreSQL when ``changed`` rows (or more) were just written.
+
+    Run after the writing transaction committed, in one of its own. SQLite's
+    planner does not depend on such statistics here: nothing to do.
+    """
+    if changed >= STALE_STATISTICS_ROWS and engine.dialect.name == "postgresql":
+        with engine.begin() as conn:
+            conn.exec_driver_sql(
+                f"ANALYZE {engine.dialect.identifier_preparer.format_table(table)}"
+            )
+
+
 def dialect_insert(engine_or_conn: Engine | Connection):
     """The dialect's ``insert`` (with ``on_conflict_do_nothing``): PostgreSQL's or SQLite's."""
     dialect = engine_or_conn.dialect.name

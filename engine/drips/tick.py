@@ -20,10 +20,10 @@ import sqlalchemy as sa
 
 from engine.campaigns import Campaign, fire_times, load_campaigns
 from engine.clock import Clock
-from engine.db import dialect_insert, write_transaction
+from engine.db import dialect_insert, refresh_statistics, write_transaction
 from engine.drips import enrolment
 from engine.errors import CampaignError, DeliveryError
-from engine.models import schedule_fires
+from engine.models import drip_enrolments, messages, schedule_fires
 from engine.rendering import RenderPool, shared_render_pool
 from engine.sending import send_campaign
 from engine.windows import present_zones, window_open
@@ -280,12 +280,14 @@ def run_drip(
         if campaign.exit is not None:
             goal = rule_condition(campaign.exit, now=now, segments=segments)
             report.exited.update(enrolment.exit_goal(conn, campaign, goal, now))
+    refresh_statistics(engine, drip_enrolments, report.enrolled)
     for step in campaign.steps:
         k = step.number
         if not enrolment.count_due(engine, campaign, k, now, window):
             continue
         with engine.connect() as conn:
             cycles = enrolment.due_cycles(conn, campaign, k, now)
+        written = 0
         for cycle in cycles:  # a merchant's second entry (reenter_after) has messages of its own
             sent = send_campaign(
                 project,
@@ -298,6 +300,7 @@ def run_drip(
                 cycle=cycle,
                 render_pool=render_pool,
             )
+            written += sent.enqueued
             report.queued[k] += sent.would_send
             report.holdout[k] += sent.skipped.get("holdout", 0)
             for reason, count in sent.skipped.items():
@@ -305,6 +308,7 @@ def run_drip(
                     report.waiting[reason] += count
                 elif reason not in ("holdout", "exited") and count:
                     report.skipped[reason] += count
+        refresh_statistics(engine, messages, written)  # advance_recorded joins them next
         with write_transaction(engine) as conn:
             if step.when is not None:
                 when = rule_condition(step.when, now=now, segments=segments)
