@@ -13,11 +13,13 @@ delivery (enrol, exit, advance, enqueue):
   window is closed: the set-based statements only),
 - a steady tick an hour later (nothing newly due),
 - Monday 10:00 WIB, when the windows open and every step 1 is rendered and
-  queued (rendering is most of it; renderer processes' statements are not counted),
+  queued (rendering is most of it; renderer processes' statements are not counted;
+  by default only up to 100,000 merchants: ``--render-up-to 1000000`` for the
+  1,000,000 one, about 80 s),
 
-with the number of SQL statements this process sent, which for the steady tick
-must be the same at every size (the first tick's grows with the rendering
-batches); the baseline is counting the drips' segments once (``count_segment``),
+with the number of SQL statements this process sent, which for the first and the
+steady tick must be the same at every size (the Monday tick's grows with the
+batches it renders); the baseline is counting the drips' segments once (``count_segment``),
 measured in the same run. Then ``simulate`` of onboarding-welcome over 30 days.
 Targets (SQLite): 100,000 merchants under 10 s, 1,000,000 under 60 s, simulate under 30 s.
 """
