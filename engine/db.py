@@ -27,7 +27,7 @@ from engine.errors import DatabaseError
 MIGRATIONS = Path(__file__).parent / "migrations"
 # The newest migration in engine/migrations (tests/test_db.py checks that they agree).
 # Knowing it lets every command check the schema without loading Alembic at all.
-SCHEMA_REVISION = "0006"
+SCHEMA_REVISION = "0007"
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
