@@ -137,9 +137,10 @@ def in_holdout(campaign_name: str, merchant_id: int, holdout: float) -> bool:
 def check_cron(expr: str, timezone: str) -> None:
     """Check a 5-field cron expression; raise ``ValueError`` with a sentence.
 
-    APScheduler (imported here only) parses it. A number in the day-of-week field
-    is refused: APScheduler counts 0 as Monday while classic cron counts 0 as
-    Sunday, so ``1`` would silently fire a day late. Day names are unambiguous.
+    APScheduler's ``CronTrigger`` parses it, as for the worker's cron jobs. A
+    number in the day-of-week field is refused: APScheduler counts 0 as Monday
+    while classic cron counts 0 as Sunday, so ``1`` would silently fire a day
+    late. Day names are unambiguous.
     """
     fields = expr.split()
     if len(fields) != 5:

@@ -140,20 +140,22 @@ def explain(project, name: str, who: str, *, now: datetime) -> Journey:
                 mid,
             )
         cap_until = _cap_until(conn, settings, campaign, mid, now)
-    _tell(
-        journey,
-        campaign,
-        enrolment,
-        outbox,
-        merchant,
-        settings,
-        now,
-        exit_now,
-        when_now,
-        cap_until,
-        suppressed,
-    )
+    facts = _Facts(merchant, enrolment, outbox, exit_now, when_now, cap_until, suppressed)
+    _tell(journey, campaign, settings, now, facts)
     return journey
+
+
+@dataclass(frozen=True)
+class _Facts:
+    """What the database says of one enrolled merchant at ``now``."""
+
+    merchant: Any
+    enrolment: Any
+    outbox: dict[int, Any]  # the merchant's message per step of this campaign
+    exit_now: bool  # the exit rule matches now
+    when_now: bool | None  # the next step's ``when`` (None: it has none)
+    cap_until: datetime | None  # when the frequency cap lets the next email go
+    suppressed: bool
 
 
 def _cap_until(conn, settings, campaign: Campaign, mid: int, now: datetime) -> datetime | None:
@@ -183,19 +185,10 @@ def _cap_until(conn, settings, campaign: Campaign, mid: int, now: datetime) -> d
     return oldest_counted + cap.per
 
 
-def _tell(
-    journey,
-    campaign,
-    enrolment,
-    outbox,
-    merchant,
-    settings,
-    now,
-    exit_now,
-    when_now,
-    cap_until,
-    suppressed,
-) -> None:
+def _tell(journey, campaign, settings, now: datetime, facts: _Facts) -> None:
+    enrolment, outbox, merchant = facts.enrolment, facts.outbox, facts.merchant
+    exit_now, when_now, cap_until = facts.exit_now, facts.when_now, facts.cap_until
+    suppressed = facts.suppressed
     done = enrolment["step"]
     skipped = {int(s) for s in (enrolment["skipped"] or "").split(",") if s}
     base = enrolment["step_at"] or enrolment["entered_at"]
