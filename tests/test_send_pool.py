@@ -90,3 +90,29 @@ def test_a_tick_s_pool_renders_several_sends_each_with_its_own_campaign(project,
     assert sorted(rows) == sorted(
         [(1, i, f"One Toko {i}") for i in range(1, 121)] + [(2, i, "Two") for i in range(1, 121)]
     )
+
+
+def test_a_large_tick_queues_every_due_message_once_through_its_shared_pool(project, project_dir):
+    """From POOL_THRESHOLD members a tick's steps render in its children (two cores or more)."""
+    from drip_fixtures import MONDAY, make_project
+    from drip_fixtures import add_merchants as add_drip_merchants
+
+    from engine.clock import FixedClock
+    from engine.drips import tick
+    from engine.models import messages
+    from engine.rendering import POOL_THRESHOLD
+
+    make_project(project, project_dir)
+    add_drip_merchants(project, POOL_THRESHOLD)
+    first = tick(project, clock=FixedClock(MONDAY), deliver=False)
+    again = tick(project, clock=FixedClock(MONDAY), deliver=False)
+    assert first.enrolled == POOL_THRESHOLD and first.queued == POOL_THRESHOLD
+    assert again.enrolled == 0 and again.queued == 0
+    with project.engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(messages.c.merchant_id, messages.c.step, messages.c.subject)
+        ).all()
+    assert len(rows) == POOL_THRESHOLD
+    assert {(m, s, subject) for m, s, subject in rows} == {
+        (i, 1, f"One Toko {i}") for i in range(1, POOL_THRESHOLD + 1)
+    }
