@@ -63,7 +63,9 @@ class SegmentSet(Mapping[str, Segment]):
     def get_segment(self, name: str) -> Segment:
         """The segment ``name``, or a ``SegmentError`` saying why it cannot be used."""
         if name in self.refused:
-            raise self.refused[name]
+            # The set is kept between ticks (engine.filestamp): a fresh traceback each
+            # time, rather than one that grows with every raise.
+            raise self.refused[name].with_traceback(None)
         if name not in self._segments:
             known = ", ".join(self._segments) or "none"
             raise SegmentError(
