@@ -22,12 +22,16 @@ T = TypeVar("T")
 
 Stamp = tuple[tuple[str, str], ...]
 
+DIGEST_UP_TO = 1024 * 1024  # bytes: the largest project file (YAML, template) read
+
 
 def folder_stamp(folder: Path) -> Stamp:
     """Every file under ``folder`` (followed links included) with a digest of its content.
 
     The content, not the modification time: a file rewritten within the file
     system's clock tick (a few milliseconds) keeps its time but not its digest.
+    A file larger than ``DIGEST_UP_TO`` (an image beside the templates, say) is
+    stamped by its size, modification time and inode instead of being read.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -37,7 +41,11 @@ def folder_stamp(folder: Path) -> Stamp:
         try:
             if not path.is_file():
                 continue
-            digest = hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest()
+            info = path.stat()
+            if info.st_size > DIGEST_UP_TO:
+                digest = f"{info.st_size}:{info.st_mtime_ns}:{info.st_ino}"
+            else:
+                digest = hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest()
         except OSError:  # removed while we looked, or unreadable: part of the stamp too
             digest = "unreadable"
         entries.append((path.as_posix(), digest))

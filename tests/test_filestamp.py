@@ -99,3 +99,15 @@ def test_ticks_in_one_process_use_an_edited_template_and_segment(project, projec
         (2, 1, "One Toko 2"),
         (2, 2, "Dua"),
     ]
+
+
+def test_a_large_file_is_stamped_without_being_read(tmp_path):
+    from engine.filestamp import DIGEST_UP_TO
+
+    big = tmp_path / "logo.png"
+    big.write_bytes(b"x" * (DIGEST_UP_TO + 1))
+    before = folder_stamp(tmp_path)
+    info = big.stat()
+    assert before == ((big.as_posix(), f"{info.st_size}:{info.st_mtime_ns}:{info.st_ino}"),)
+    big.write_bytes(b"y" * (DIGEST_UP_TO + 2))  # another size: another stamp
+    assert folder_stamp(tmp_path) != before
