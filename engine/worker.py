@@ -49,7 +49,13 @@ class Worker:
             try:
                 # The long delivery pass does not: leases of dead workers.
                 recover(self.engine, now=self.clock.now(), lease_now=real_now())
-                report = tick(self.project, clock=self.clock, campaign=campaign, deliver=False)
+                report = tick(
+                    self.project,
+                    clock=self.clock,
+                    campaign=campaign,
+                    deliver=False,
+                    stop=self.stopping,  # SIGTERM mid-tick: stop at the next batch
+                )
             except CampaignError as exc:  # a campaign file broke: say so, keep delivering
                 log.error("tick failed: %s", exc)
                 return

@@ -111,3 +111,48 @@ def test_a_rerun_during_a_live_lease_says_what_is_held(slow_shop, slow_server, d
     )  # fmt: skip
     err = rerun.stderr.decode()
     assert "held by another sender" in err and "until 20" in err, err
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_drip_run_stops_its_delivery_and_a_rerun_finishes(
+    tmp_path, slow_server, db_url
+):
+    """`drip run` queues, then delivers: Ctrl-C there stops it with the summary and 130."""
+    from drip_fixtures import FILES as DRIP_FILES
+
+    folder = tmp_path / "drips"
+    write_files(folder, {**DRIP_FILES, "campaign.toml": TOML})
+    engine = make_engine(db_url)
+    upgrade_schema(engine)
+    with engine.begin() as conn:
+        conn.execute(
+            merchants.insert(),
+            [
+                {"id": i, "external_id": f"m{i}", "email": f"m{i}@example.id",
+                 "store_name": f"Toko {i}"}
+                for i in range(1, MERCHANTS + 1)
+            ],
+        )  # fmt: skip
+    env = os.environ | {
+        "CAMPAIGN_DATABASE_URL": db_url,
+        "CAMPAIGN_SMTP_URL": slow_server.url,
+        "CAMPAIGN_SECRET_KEY": "crash-test-key",
+    }
+    command = [*CAMPAIGN, "drip", "run", "--project", str(folder)]
+    try:
+        process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        wait_for_records(slow_server, 10, process)
+        started = time.monotonic()
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=30)
+        assert time.monotonic() - started < 10
+        text = (out + err).decode()
+        assert process.returncode == 130, text
+        assert "Traceback" not in text and "stopped early by a signal" in text
+        assert len(slow_server.records()) < MERCHANTS
+        rerun = subprocess.run(command, env=env, capture_output=True, timeout=120)
+        assert rerun.returncode == 0, rerun.stderr.decode()
+        assert final_states(engine) == {"sent": MERCHANTS}
+        assert len(check_nothing_twice(slow_server, engine)) == MERCHANTS
+    finally:
+        engine.dispose()

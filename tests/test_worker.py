@@ -128,6 +128,46 @@ def test_worker_delivers_and_stops_on_sigterm(tmp_path, smtp_server):
     engine.dispose()
 
 
+def test_sigterm_in_the_middle_of_a_large_tick_stops_it_and_the_next_tick_goes_on(
+    tmp_path, smtp_server
+):
+    """A tick rendering 20,000 messages stops at its next batch: the worker exits in seconds."""
+    from engine.clock import SystemClock
+    from engine.drips import tick
+    from engine.project import open_project
+
+    count = 20_000
+    url = f"sqlite:///{tmp_path / 'campaign.db'}"
+    root, engine = _project(tmp_path, url, count)
+
+    def queued() -> int:
+        with engine.connect() as conn:
+            return conn.execute(sa.select(sa.func.count()).select_from(messages)).scalar()
+
+    worker = Running(root, url, smtp_server.url)
+    try:
+        _wait_for(lambda: queued() > 0)
+        assert not worker.logged("Z: enrolled"), "the tick ended before the signal: nothing tested"
+    finally:
+        code, out, took = worker.stop()
+    assert code == 0, out
+    assert took < 15, out
+    assert "stopped early by a signal" in out and "worker stopped" in out
+    left = queued()
+    assert 0 < left < count
+    # The next tick queues the rest, each merchant's step 1 once.
+    project = open_project(root, env={"CAMPAIGN_DATABASE_URL": url, "CAMPAIGN_SECRET_KEY": "k"})
+    report = tick(project, clock=SystemClock(), deliver=False)
+    project.close()
+    assert report.queued == count - left and not report.stopped
+    with engine.connect() as conn:
+        ids = conn.execute(sa.select(messages.c.merchant_id).where(messages.c.step == 1))
+        assert sorted(ids.scalars()) == list(range(1, count + 1))
+        steps = conn.execute(sa.select(drip_enrolments.c.step).distinct()).scalars().all()
+    assert steps == [1]
+    engine.dispose()
+
+
 @pytest.mark.skipif(not PG_URL, reason="CAMPAIGN_TEST_PG_URL is not set")
 def test_three_workers_on_postgresql_send_nothing_twice(tmp_path, smtp_server):
     admin = sa.create_engine(PG_URL)

@@ -38,13 +38,23 @@ def drip_run(
     """One scheduler tick: enrol, exit, advance and queue every drip (or CAMPAIGN) and every
     scheduled broadcast that is due, then deliver."""
     from engine.drips import tick
+    from engine.interrupts import stop_on_signals
 
     project = load_project(project_dir)
-    report = tick(project, clock=command_clock(now_text), campaign=campaign, dry_run=dry_run)
+    with stop_on_signals() as stop:
+        report = tick(
+            project,
+            clock=command_clock(now_text),
+            campaign=campaign,
+            dry_run=dry_run,
+            stop=stop.event,
+        )
     if output_format == "json":
         print_json(report.to_json())
     else:
         _print_tick(report)
+    if stop.signal is not None:
+        raise click.exceptions.Exit(stop.exit_code)
     if report.failed:
         raise SystemExit(1)
 

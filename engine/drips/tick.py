@@ -11,6 +11,7 @@ make a tick run twice, or on two machines at once, enrol and queue nothing twice
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -90,6 +91,7 @@ class TickReport:
     broadcasts: list[BroadcastFire] = field(default_factory=list)
     delivered: Counter = field(default_factory=Counter)  # outbox state reached → count
     server_down: str | None = None
+    stopped: bool = False  # a signal ended the tick early: the next tick goes on from there
 
     @property
     def enrolled(self) -> int:
@@ -125,6 +127,7 @@ class TickReport:
             f"exited {self.exited}, queued {self.queued}, sent {self.delivered.get('sent', 0)}, "
             f"deferred {self.delivered.get('deferred', 0)}, failed {self.delivered.get('failed', 0)}, "
             f"waiting: {waiting}"
+            + ("; stopped early by a signal: the next tick goes on" if self.stopped else "")
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -138,6 +141,7 @@ class TickReport:
             "deferred": self.delivered.get("deferred", 0),
             "failed": self.delivered.get("failed", 0),
             "waiting": dict(sorted(self.waiting.items())),
+            "stopped": self.stopped,
             "drips": [d.to_json() for d in self.drips],
             "broadcasts": [b.to_json() for b in self.broadcasts],
             "server_down": self.server_down,
@@ -154,6 +158,7 @@ def tick(
     deliver: bool = True,
     definitions: Definitions | None = None,
     zones: list[str] | None = None,
+    stop: threading.Event | None = None,
 ) -> TickReport:
     """One tick at ``clock.now()`` for every drip and scheduled broadcast (or one campaign).
 
@@ -161,13 +166,16 @@ def tick(
     connection is opened); ``deliver=False`` queues without the delivery pass
     (the worker delivers continuously on its own). ``definitions`` and ``zones``
     (``simulate``, whose copy of the data does not change) spare re-reading the
-    project's files and the merchants' time zones on every tick.
+    project's files and the merchants' time zones on every tick. ``stop`` set (a
+    signal) ends the tick at the next batch: what was queued stays queued and
+    counted, the steps reached so far advance, and the next tick goes on (a
+    scheduled broadcast's fire time is decided only once its run is complete).
     """
     if dry_run:
         from engine.drips.copy import on_copy
 
         with on_copy(project) as copy:
-            report = tick(copy, clock=clock, campaign=campaign, deliver=False)
+            report = tick(copy, clock=clock, campaign=campaign, deliver=False, stop=stop)
         report.dry_run = True
         return report
     now = clock.now()
@@ -191,6 +199,8 @@ def tick(
     # One set of render processes for every step and broadcast run of the tick.
     with shared_render_pool(settings) as pool:
         for item in campaigns:
+            if stop is not None and stop.is_set():
+                break
             if item.kind == "drip":
                 report.drips.append(
                     run_drip(
@@ -201,6 +211,7 @@ def tick(
                         segments=definitions.segments,
                         transport_factory=transport_factory,
                         render_pool=pool,
+                        stop=stop,
                     )
                 )
             elif item.schedule is not None:
@@ -211,15 +222,20 @@ def tick(
                         now=now,
                         grace=settings.scheduler.broadcast_grace,
                         render_pool=pool,
+                        stop=stop,
                     )
                 )
-    if deliver:
+    report.stopped = stop is not None and stop.is_set()
+    if deliver and not report.stopped:
         from engine.delivery import Delivery
 
         # Also what earlier ticks left waiting (deferred, due for retry).
-        stats = Delivery(engine, settings, clock=clock, transport_factory=transport_factory).run()
+        stats = Delivery(
+            engine, settings, clock=clock, transport_factory=transport_factory, stop=stop
+        ).run()
         report.delivered.update(stats.states)
         report.server_down = stats.server_down
+        report.stopped = stats.stopped
     return report
 
 
@@ -264,6 +280,7 @@ def run_drip(
     segments,
     transport_factory=None,
     render_pool: RenderPool | None = None,
+    stop: threading.Event | None = None,
 ) -> DripReport:
     """Enrol, exit, then each step in order: queue it where due, advance, finish."""
     from engine.segments import rule_condition, segment_condition
@@ -282,6 +299,8 @@ def run_drip(
             report.exited.update(enrolment.exit_goal(conn, campaign, goal, now))
     refresh_statistics(engine, drip_enrolments, report.enrolled)
     for step in campaign.steps:
+        if stop is not None and stop.is_set():
+            break  # the later steps wait for the next tick
         k = step.number
         if not enrolment.count_due(engine, campaign, k, now, window):
             continue
@@ -299,6 +318,7 @@ def run_drip(
                 transport_factory=transport_factory,
                 cycle=cycle,
                 render_pool=render_pool,
+                stop=stop,
             )
             written += sent.enqueued
             report.queued[k] += sent.would_send
@@ -332,6 +352,7 @@ def run_schedule(
     now: datetime,
     grace: timedelta,
     render_pool: RenderPool | None = None,
+    stop: threading.Event | None = None,
 ) -> list[BroadcastFire]:
     """Send each fire time of a scheduled broadcast not yet sent, if it is at most ``grace`` late.
 
@@ -361,8 +382,16 @@ def run_schedule(
             outcome, queued = "skipped", 0
         else:
             sent = send_campaign(
-                project, campaign.name, now=now, run=label, deliver=False, render_pool=render_pool
+                project,
+                campaign.name,
+                now=now,
+                run=label,
+                deliver=False,
+                render_pool=render_pool,
+                stop=stop,
             )
+            if stop is not None and stop.is_set():
+                break  # undecided: the next tick resumes the run (its keys are the same)
             outcome, queued = "sent", sent.enqueued
         with write_transaction(engine) as conn:
             conn.execute(
