@@ -509,7 +509,9 @@ def read_records(path: Path, status: str | None = "accepted") -> list[dict]:
     if not Path(path).exists():
         return []
     records = []
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
+    text = Path(path).read_text(encoding="utf-8")
+    # The server may be writing a line right now: only whole lines (ending in \n) count.
+    for line in text[: text.rfind("\n") + 1].splitlines():
         if line.strip():
             record = json.loads(line)
             if status is None or record["status"] == status:

@@ -131,9 +131,11 @@ def test_kill_9_at_random_points_then_resume(crash_project, server_process, db_u
     for _ in range(kills):
         already = len(server_process.records())
         process = start_send(folder, db_url, server_process.url)
-        wait_for_records(server_process, already + rng.randint(1, MERCHANTS // 4), process)
-        process.send_signal(signal.SIGKILL)
-        process.communicate()
+        try:
+            wait_for_records(server_process, already + rng.randint(1, MERCHANTS // 4), process)
+        finally:  # also when the wait fails: no sender outlives the test
+            process.send_signal(signal.SIGKILL)
+            process.communicate()
         time.sleep(2.1)  # let the dead sender's leases expire
     process = start_send(folder, db_url, server_process.url)
     _out, err = process.communicate(timeout=120)
