@@ -36,10 +36,9 @@ timeout = "10s"
 """
 
 
-@pytest.fixture
-def slow_shop(tmp_path, db_url):
-    folder = tmp_path / "shop"
-    write_files(folder, {**FILES, "campaign.toml": TOML})
+def _shop(folder, files: dict[str, str], db_url: str):
+    """A project of ``files`` and MERCHANTS merchants; returns its engine."""
+    write_files(folder, {**files, "campaign.toml": TOML})
     engine = make_engine(db_url)
     upgrade_schema(engine)
     with engine.begin() as conn:
@@ -51,6 +50,13 @@ def slow_shop(tmp_path, db_url):
                 for i in range(1, MERCHANTS + 1)
             ],
         )  # fmt: skip
+    return engine
+
+
+@pytest.fixture
+def slow_shop(tmp_path, db_url):
+    folder = tmp_path / "shop"
+    engine = _shop(folder, FILES, db_url)
     yield folder, engine
     engine.dispose()
 
@@ -121,18 +127,7 @@ def test_ctrl_c_during_drip_run_stops_its_delivery_and_a_rerun_finishes(
     from drip_fixtures import FILES as DRIP_FILES
 
     folder = tmp_path / "drips"
-    write_files(folder, {**DRIP_FILES, "campaign.toml": TOML})
-    engine = make_engine(db_url)
-    upgrade_schema(engine)
-    with engine.begin() as conn:
-        conn.execute(
-            merchants.insert(),
-            [
-                {"id": i, "external_id": f"m{i}", "email": f"m{i}@example.id",
-                 "store_name": f"Toko {i}"}
-                for i in range(1, MERCHANTS + 1)
-            ],
-        )  # fmt: skip
+    engine = _shop(folder, DRIP_FILES, db_url)
     env = os.environ | {
         "CAMPAIGN_DATABASE_URL": db_url,
         "CAMPAIGN_SMTP_URL": slow_server.url,
